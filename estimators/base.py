@@ -1,0 +1,235 @@
+r"""The one contract every gradient estimator and every problem follows.
+
+What is estimated
+-----------------
+For a distribution :math:`q_\phi(x)` and a cost :math:`f_\phi(x)` a *problem* asks for
+
+.. math::  g(\phi) = \nabla_\phi\, \mathbb{E}_{q_\phi(x)}\big[f_\phi(x)\big].
+
+(For model problems -- a log joint and an encoder -- ``f`` is the ELBO integrand
+:math:`\log p_\theta(x, z) - \log q_\phi(z\mid x)` and :math:`\phi` holds both generative and
+encoder parameters.)
+
+The estimator contract
+----------------------
+An estimator is a :class:`GradientEstimator`. Its one method that does maths is
+``estimate(problem, params, n, state)``:
+
+* ``params`` maps each parameter name to a *replicated leaf*: a tensor of shape
+  ``(R, *param_shape)`` with ``requires_grad=True`` whose row ``r`` is an independent copy of the
+  parameter for replicate ``r``. ``problem.distribution(params)`` therefore has batch shape
+  ``(R,)`` and samples have shape ``(n, R, *event_shape)`` (torch's rule: sample axis first).
+* it returns a ``dict`` with the same keys mapping to tensors of shape ``(R, *param_shape)``:
+  row ``r`` is one ``n``-sample estimate of :math:`g(\phi)`.
+
+Because replicate ``r``'s surrogate loss depends only on row ``r`` of each leaf, one backward
+pass through the sum of surrogates yields all ``R`` independent estimates at once. This is the
+same computation as ``torch.func.vmap(torch.func.grad(...))`` over replicates, written with
+batched parameters because ``torch.distributions`` sampling and argument validation do not run
+under ``vmap``. The measurement engine (:mod:`estimators.engine`) builds the leaves, seeds the
+random stream and turns estimates into statistics; no estimator computes a mean or a variance.
+
+Capabilities are declared and checked: ``pathwise`` estimators need ``has_rsample``,
+``needs_model`` estimators need a problem with a log joint and an encoder, and ``min_budget``
+bounds ``n`` from below. :meth:`GradientEstimator.check` raises a clear error otherwise.
+"""
+from __future__ import annotations
+
+import abc
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+import torch
+from torch import Tensor
+from torch.distributions import Distribution
+
+Params = Mapping[str, Tensor]
+Grads = dict[str, Tensor]
+
+TRUTH_KINDS = ("closed-form", "enumeration", "oracle")
+
+
+class EstimatorNotApplicable(ValueError):
+    """An estimator cannot run on a problem (e.g. pathwise on a distribution without rsample)."""
+
+
+class NonFiniteCostError(FloatingPointError):
+    """The cost (or the estimate) returned NaN or inf."""
+
+
+@dataclass(frozen=True)
+class Objective:
+    """Which expectation an estimator's mean targets.
+
+    ``kind="expectation"``: :math:`\\mathbb{E}_{q}[f]` (the ELBO on model problems).
+    ``kind="iwae"`` with ``k``: the K-sample importance-weighted bound
+    :math:`\\mathbb{E}[\\log \\frac1K \\sum_k w_k]` (Burda et al. 2016); K=1 is the ELBO.
+    """
+
+    kind: str = "expectation"
+    k: int = 1
+
+    def canonical(self) -> "Objective":
+        return Objective() if self.kind == "iwae" and self.k == 1 else self
+
+
+@dataclass(frozen=True)
+class Truth:
+    """The true gradient of one objective, labelled with how it is known.
+
+    ``values`` and ``se`` map parameter names to tensors of the parameter's shape; ``se`` is the
+    standard error of an oracle (zeros for closed-form and enumeration truths).
+    """
+
+    values: dict[str, Tensor]
+    kind: str
+    se: dict[str, Tensor] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.kind not in TRUTH_KINDS:
+            raise ValueError(f"truth kind must be one of {TRUTH_KINDS}, got {self.kind!r}")
+        for name, value in self.values.items():
+            self.se.setdefault(name, torch.zeros_like(value))
+
+
+def replicate(params: Params, leading: tuple[int, ...]) -> dict[str, Tensor]:
+    """Fresh leaves of shape ``leading + p.shape`` (copies of ``p``) that require grad."""
+    return {
+        name: p.detach().expand(*leading, *p.shape).clone().requires_grad_(True)
+        for name, p in params.items()
+    }
+
+
+def grad_of(surrogate: Tensor, params: Params, *, retain_graph: bool = False) -> Grads:
+    """Gradient of ``surrogate.sum()`` w.r.t. each leaf, zeros for leaves it does not use.
+
+    With replicated leaves and a surrogate of shape ``(R,)`` whose entry ``r`` depends only on
+    row ``r`` of each leaf, row ``r`` of the result is :math:`\\nabla_{\\phi_r}` surrogate[r].
+    """
+    names = list(params)
+    if not surrogate.requires_grad:
+        return {n: torch.zeros_like(params[n]) for n in names}
+    grads = torch.autograd.grad(
+        surrogate.sum(), [params[n] for n in names], retain_graph=retain_graph, allow_unused=True
+    )
+    return {n: torch.zeros_like(params[n]) if g is None else g for n, g in zip(names, grads)}
+
+
+def evaluate_cost(problem: "Problem", x: Tensor, params: Params) -> Tensor:
+    """``problem.cost(x, params)``, refusing NaN and inf with a :class:`NonFiniteCostError`."""
+    f = problem.cost(x, params)
+    if not torch.isfinite(f).all():
+        raise NonFiniteCostError(f"the cost of problem {problem.spec!r} returned NaN or inf")
+    return f
+
+
+class Problem(abc.ABC):
+    """A distribution :math:`q_\\phi`, a cost :math:`f_\\phi` and the true gradient.
+
+    Subclasses set ``spec`` (the canonical name with options, e.g. ``gaussian-cos:k=2,...``),
+    ``params`` (base parameter values, unreplicated) and implement :meth:`distribution`,
+    :meth:`cost` and :meth:`true_gradient`.
+
+    Shapes: ``distribution(params)`` for params of shape ``L + p.shape`` (``L`` the leading
+    replicate dims) has batch shape ``L``; ``cost(x, params)`` maps ``x`` of shape
+    ``S + L + event_shape`` to ``S + L``.
+    """
+
+    spec: str
+    params: dict[str, Tensor]
+    is_model: bool = False
+
+    @abc.abstractmethod
+    def distribution(self, params: Params) -> Distribution: ...
+
+    @abc.abstractmethod
+    def cost(self, x: Tensor, params: Params) -> Tensor: ...
+
+    @abc.abstractmethod
+    def true_gradient(self, objective: Objective = Objective()) -> Truth: ...
+
+    @property
+    def name(self) -> str:
+        return self.spec.split(":", 1)[0]
+
+    def event_numel(self) -> int:
+        """Number of elements of one sample (used to size memory chunks)."""
+        return max(1, math.prod(self.distribution(self.params).event_shape))
+
+    def param_numel(self) -> int:
+        return sum(p.numel() for p in self.params.values())
+
+    def to(self, device: str | torch.device) -> "Problem":
+        """Move the parameters (and any data tensors) to ``device``, in place; returns self."""
+        for attr, value in list(vars(self).items()):
+            if isinstance(value, Tensor):
+                setattr(self, attr, value.to(device))
+            elif isinstance(value, dict) and value and all(isinstance(v, Tensor) for v in value.values()):
+                setattr(self, attr, {k: v.to(device) for k, v in value.items()})
+        return self
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.spec}>"
+
+
+class GradientEstimator(abc.ABC):
+    """Base class of every estimator; see the module docstring for the contract.
+
+    Class attributes declare capabilities: ``unbiased`` (for the objective it targets),
+    ``pathwise`` (needs ``rsample``), ``needs_model`` (needs a log joint and an encoder),
+    ``min_budget`` (smallest valid ``n``).
+    """
+
+    name: str = ""
+    unbiased: bool = True
+    pathwise: bool = False
+    needs_model: bool = False
+    min_budget: int = 1
+
+    def objective(self, n: int) -> Objective:
+        """The objective whose gradient the mean of this estimator is (or approximates)."""
+        return Objective()
+
+    def cost_evals(self, n: int) -> int:
+        """Cost-function evaluations spent on one ``n``-sample estimate."""
+        return n
+
+    def check(self, problem: Problem, n: int) -> None:
+        """Raise a clear error if this estimator cannot run on ``problem`` at budget ``n``."""
+        if isinstance(n, bool) or not isinstance(n, int) or n < self.min_budget:
+            raise ValueError(
+                f"estimator {self.name!r} needs an integer budget N >= {self.min_budget}, got {n!r}"
+            )
+        if self.needs_model and not problem.is_model:
+            raise EstimatorNotApplicable(
+                f"estimator {self.name!r} needs a model problem (a log joint and an encoder); "
+                f"{problem.spec!r} is a plain expectation"
+            )
+        if self.pathwise:
+            dist = problem.distribution(problem.params)
+            if not dist.has_rsample:
+                raise EstimatorNotApplicable(
+                    f"estimator {self.name!r} is pathwise and needs rsample, but the distribution "
+                    f"{type(dist).__name__} of problem {problem.spec!r} has no rsample "
+                    f"(has_rsample=False); use a score-function estimator such as 'reinforce'"
+                )
+
+    def prepare(self, problem: Problem, params: Params, n: int) -> Any:
+        """Explicit state computed before measuring (e.g. a warmed-up baseline); default None."""
+        return None
+
+    @abc.abstractmethod
+    def estimate(self, problem: Problem, params: Params, n: int, state: Any) -> Grads:
+        """``R`` independent ``n``-sample estimates, each of shape ``(R, *param_shape)``."""
+
+    def __call__(self, problem: Problem, params: Params, n: int) -> Grads:
+        """Check, prepare and estimate in one call (replicated leaves in, estimates out)."""
+        self.check(problem, n)
+        return self.estimate(problem, params, n, self.prepare(problem, params, n))
+
+    def __repr__(self) -> str:
+        return f"<estimator {self.name}>"
+
+
+EstimatorFactory = Callable[..., GradientEstimator]

@@ -1,0 +1,179 @@
+"""Registries of estimators and problems, filled by decorators, each with one public door.
+
+As in ``torch.distributions.kl`` (``register_kl`` fills a private dict, ``kl_divergence`` is the
+door): ``@register_estimator("reinforce-loo")`` and ``@register_problem("gaussian-cos")`` fill
+private dicts; :func:`get_estimator` and :func:`make_problem` build from a name (with options),
+and an unknown name raises an error that lists the valid ones. Benchmarks, analysis and tests
+iterate over :func:`estimator_names` and :func:`problem_names`.
+
+Options use one string form, shared with the command line::
+
+    gaussian-cos:k=5,loc=1,scale=2        reinforce-ema:beta=0.99
+
+Each option's type is taken from its default (int, float, bool or str).
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from .base import GradientEstimator, Problem
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    factory: Callable[..., Any]
+    summary: str
+
+    def defaults(self) -> dict[str, Any]:
+        sig = inspect.signature(self.factory)
+        return {
+            p.name: p.default
+            for p in sig.parameters.values()
+            if p.default is not inspect.Parameter.empty and p.kind is p.KEYWORD_ONLY
+        }
+
+
+_ESTIMATORS: dict[str, Entry] = {}
+_PROBLEMS: dict[str, Entry] = {}
+
+
+def _summary(obj: Any) -> str:
+    doc = inspect.getdoc(obj) or ""
+    return doc.strip().splitlines()[0] if doc.strip() else ""
+
+
+def _register(table: dict[str, Entry], kind: str, name: str):
+    def decorator(factory):
+        if name in table:
+            raise ValueError(f"{kind} {name!r} is already registered")
+        table[name] = Entry(name, factory, _summary(factory))
+        return factory
+
+    return decorator
+
+
+def register_estimator(name: str):
+    """Decorator: register a factory ``(*, option=default, ...) -> GradientEstimator``."""
+    return _register(_ESTIMATORS, "estimator", name)
+
+
+def register_problem(name: str):
+    """Decorator: register a factory ``(*, option=default, ...) -> Problem``."""
+    return _register(_PROBLEMS, "problem", name)
+
+
+def _convert(key: str, raw: str, default: Any, where: str) -> Any:
+    try:
+        if isinstance(default, bool):
+            if raw.lower() in ("1", "true", "yes"):
+                return True
+            if raw.lower() in ("0", "false", "no"):
+                return False
+            raise ValueError
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, float):
+            return float(raw)
+    except ValueError:
+        raise ValueError(
+            f"option {key}={raw!r} of {where} must be a {type(default).__name__}"
+        ) from None
+    return raw
+
+
+def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
+    """Split ``"name:key=value,key=value"`` into the name and raw option strings."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError(f"expected a name such as 'gaussian-cos:k=5', got {spec!r}")
+    name, _, rest = spec.strip().partition(":")
+    options: dict[str, str] = {}
+    if rest.strip():
+        for item in rest.split(","):
+            key, eq, value = item.partition("=")
+            if not eq or not key.strip() or not value.strip():
+                raise ValueError(
+                    f"malformed option {item!r} in {spec!r}: expected key=value pairs separated "
+                    f"by commas, e.g. 'gaussian-cos:k=5,loc=1'"
+                )
+            if key.strip() in options:
+                raise ValueError(f"option {key.strip()!r} given twice in {spec!r}")
+            options[key.strip()] = value.strip()
+    elif _:
+        raise ValueError(f"malformed spec {spec!r}: nothing after ':'")
+    return name.strip(), options
+
+
+def _build(table: dict[str, Entry], kind: str, spec: str, overrides: dict[str, Any]):
+    name, raw = parse_spec(spec)
+    if name not in table:
+        raise KeyError(
+            f"unknown {kind} {name!r}; valid {kind}s: {', '.join(sorted(table))}"
+        )
+    entry = table[name]
+    defaults = entry.defaults()
+    unknown = sorted(set(raw) - set(defaults)) + sorted(set(overrides) - set(defaults))
+    if unknown:
+        valid = ", ".join(f"{k}={v}" for k, v in defaults.items()) or "none"
+        raise ValueError(f"unknown option(s) {unknown} for {kind} {name!r}; valid options: {valid}")
+    options = {k: _convert(k, v, defaults[k], f"{kind} {name!r}") for k, v in raw.items()}
+    options.update(overrides)
+    return entry, options
+
+
+def canonical_spec(name: str, options: dict[str, Any], defaults: dict[str, Any]) -> str:
+    """``name:key=value,...`` listing every option (defaults included), sorted by key."""
+    merged = {**defaults, **options}
+    if not merged:
+        return name
+    return name + ":" + ",".join(f"{k}={merged[k]:g}" if isinstance(merged[k], float) and not isinstance(merged[k], bool)
+                                 else f"{k}={merged[k]}" for k in sorted(merged))
+
+
+def get_estimator(spec: str | GradientEstimator, **options) -> GradientEstimator:
+    """The estimator registered under ``spec`` (e.g. ``"reinforce-ema:beta=0.99"``).
+
+    An estimator object passes through unchanged. Raises ``KeyError`` listing the valid names
+    for an unknown name and ``ValueError`` for a malformed or unknown option.
+    """
+    if isinstance(spec, GradientEstimator):
+        return spec
+    entry, opts = _build(_ESTIMATORS, "estimator", spec, options)
+    estimator = entry.factory(**opts)
+    if opts:
+        estimator.name = canonical_spec(entry.name, opts, {})
+    else:
+        estimator.name = entry.name
+    return estimator
+
+
+def make_problem(spec: str | Problem, **options) -> Problem:
+    """The problem registered under ``spec`` (e.g. ``"gaussian-cos:k=5,loc=1,scale=2"``).
+
+    A problem object passes through unchanged. Its ``spec`` is canonical: every option, sorted,
+    so the same problem always has the same name (and so the same random streams).
+    """
+    if isinstance(spec, Problem):
+        return spec
+    entry, opts = _build(_PROBLEMS, "problem", spec, options)
+    problem = entry.factory(**opts)
+    problem.spec = canonical_spec(entry.name, opts, entry.defaults())
+    return problem
+
+
+def estimator_names() -> list[str]:
+    return list(_ESTIMATORS)
+
+
+def problem_names() -> list[str]:
+    return list(_PROBLEMS)
+
+
+def estimator_entries() -> list[Entry]:
+    return list(_ESTIMATORS.values())
+
+
+def problem_entries() -> list[Entry]:
+    return list(_PROBLEMS.values())
