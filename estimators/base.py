@@ -187,6 +187,10 @@ class GradientEstimator(abc.ABC):
     needs_model: bool = False
     min_budget: int = 1
 
+    def unbiased_at(self, n: int) -> bool:
+        """Whether the mean at budget ``n`` equals the true gradient of :meth:`objective`."""
+        return self.unbiased
+
     def objective(self, n: int) -> Objective:
         """The objective whose gradient the mean of this estimator is (or approximates)."""
         return Objective()
