@@ -12,6 +12,7 @@ import sys
 # modules that contribute sub-commands, in --help order
 COMMAND_MODULES = [
     "analysis.sweep",
+    "analysis.fit",
 ]
 
 USER_ERRORS = (KeyError, ValueError, FileNotFoundError, FloatingPointError)
