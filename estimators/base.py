@@ -116,10 +116,16 @@ def grad_of(surrogate: Tensor, params: Params, *, retain_graph: bool = False) ->
     return {n: torch.zeros_like(params[n]) if g is None else g for n, g in zip(names, grads)}
 
 
+def all_finite(t: Tensor) -> bool:
+    """True when no entry is NaN or inf (one reduction first; the elementwise check only if needed)."""
+    with torch.no_grad():
+        return bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())
+
+
 def evaluate_cost(problem: "Problem", x: Tensor, params: Params) -> Tensor:
     """``problem.cost(x, params)``, refusing NaN and inf with a :class:`NonFiniteCostError`."""
     f = problem.cost(x, params)
-    if not torch.isfinite(f).all():
+    if not all_finite(f):
         raise NonFiniteCostError(f"the cost of problem {problem.spec!r} returned NaN or inf")
     return f
 

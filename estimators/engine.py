@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from . import statistics
-from .base import EstimatorNotApplicable, GradientEstimator, NonFiniteCostError, Problem, replicate
+from .base import all_finite, EstimatorNotApplicable, GradientEstimator, NonFiniteCostError, Problem, replicate
 from .registry import get_estimator, make_problem
 
 COLUMNS = [
@@ -91,7 +91,7 @@ def replicate_estimates(
             except NonFiniteCostError as err:
                 raise NonFiniteCostError(f"{where}: {err}") from None
             for name, g in grads.items():
-                if not torch.isfinite(g).all():
+                if not all_finite(g):
                     raise NonFiniteCostError(f"{where}: the gradient estimate of {name!r} is NaN or inf")
             chunks.append({k: g.detach() for k, g in grads.items()})
     if device.type == "cuda":

@@ -1,0 +1,47 @@
+"""Shared statistical checks for the tests: unbiasedness with Holm correction, log-variance z."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from scipy import stats
+
+# family-wise level equal to a single two-sided 4-standard-error test
+ALPHA = float(2 * stats.norm.sf(4.0))
+
+
+def holm_reject(pvalues: np.ndarray, alpha: float = ALPHA) -> np.ndarray:
+    """Holm's step-down procedure: which hypotheses are rejected at family-wise level ``alpha``."""
+    p = np.asarray(pvalues, dtype=float).ravel()
+    order = np.argsort(p)
+    m = p.size
+    reject = np.zeros(m, dtype=bool)
+    for rank, idx in enumerate(order):
+        if p[idx] > alpha / (m - rank):
+            break
+        reject[idx] = True
+    return reject
+
+
+def bias_pvalues(estimates: dict[str, torch.Tensor], truth) -> np.ndarray:
+    """Two-sided z-test p-values of ``mean == truth`` for every coordinate of every parameter.
+
+    The standard error of coordinate d is sqrt(var_d / R + truth_se_d^2): the estimator's own
+    standard error plus the oracle's, if the truth is an oracle.
+    """
+    pvals = []
+    for name, g in estimates.items():
+        g = g.double().reshape(g.shape[0], -1)
+        r = g.shape[0]
+        bias = g.mean(0) - truth.values[name].double().reshape(-1)
+        se = torch.sqrt(g.var(0) / r + truth.se[name].double().reshape(-1) ** 2)
+        z = torch.where(se > 0, bias / se, torch.where(bias == 0, 0.0, math.inf))
+        pvals.append(2 * stats.norm.sf(np.abs(z.numpy())))
+    return np.concatenate(pvals)
+
+
+def is_unbiased(estimates, truth) -> tuple[bool, float]:
+    """(no coordinate rejected by Holm at ALPHA, smallest p-value)."""
+    p = bias_pvalues(estimates, truth)
+    return not holm_reject(p).any(), float(p.min())
