@@ -133,7 +133,7 @@ def cells(
     """The valid (problem, estimator, budget) cells of a grid, built and checked up front.
 
     ``on_invalid="raise"`` re-raises the first applicability error; ``"skip"`` drops such cells,
-    appending a one-line reason per skipped cell to ``skipped``.
+    appending each distinct one-line reason to ``skipped``.
     """
     if on_invalid not in ("raise", "skip"):
         raise ValueError(f"on_invalid must be 'raise' or 'skip', got {on_invalid!r}")
@@ -151,8 +151,9 @@ def cells(
                 except (EstimatorNotApplicable, ValueError) as err:
                     if on_invalid == "raise":
                         raise
-                    if skipped is not None:
-                        skipped.append(f"{problem.spec} x {estimator.name} x N={n}: {err}")
+                    reason = f"{problem.spec} x {estimator.name}: {err}"
+                    if skipped is not None and reason not in skipped:
+                        skipped.append(reason)
                     continue
                 out.append((problem, estimator, n))
     return out
