@@ -13,6 +13,7 @@ import sys
 COMMAND_MODULES = [
     "analysis.sweep",
     "analysis.fit",
+    "analysis.plot",
     "analysis.compare",
     "analysis.studies",
 ]

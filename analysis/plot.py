@@ -1,0 +1,172 @@
+r"""Seaborn figures of a sweep: variance, SNR and efficiency against the budget N.
+
+Reusable helpers (each draws on one matplotlib ``Axes`` and returns it; pass ``ax`` to place
+them in your own figures):
+
+* :func:`plot_variance` - Var(N) on log-log axes, one line per estimator (and line style per
+  param), the 95% interval of each point as a band, and the fitted power law
+  :math:`a N^b` of :func:`analysis.fit.fit_curves` as a dashed line with b in the legend.
+* :func:`plot_snr` - SNR(N) = |mean|/std on log-log axes, with the fitted :math:`c N^d`.
+* :func:`plot_efficiency` - variance x seconds per estimate against N: the cost, in seconds, of
+  reaching unit variance (variance ``v`` from one estimate taking ``t`` s; averaging m estimates
+  costs ``m t`` s for variance ``v/m``, so ``v t`` is the seconds-times-variance product, lower is
+  better, and it is flat in N for an i.i.d. estimator with linear cost).
+* :func:`problem_figure` - the three panels for one problem (a row per param), legend outside.
+* :func:`plot_all` - one PNG and one SVG per problem into a folder; ``gradnoise plot`` runs it.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+from .results import FITS_REQUIRED, read_csv  # noqa: E402
+
+X_LABEL = "budget N (samples per estimate; K for iwae)"
+PANELS = ("variance", "snr", "efficiency")
+
+
+def palette(estimators) -> dict:
+    """One colour per estimator name, stable across figures (sorted names, seaborn's colorblind)."""
+    names = sorted(set(estimators))
+    return dict(zip(names, sns.color_palette("colorblind", max(len(names), 1))))
+
+
+def _style(ax, title, ylabel):
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(X_LABEL)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, which="major", alpha=0.3)
+
+
+def _fit_line(ax, sub, fit, coef, expo, colour, x="budget", label=None):
+    n = np.geomspace(sub[x].min(), sub[x].max(), 50)
+    ax.plot(n, fit[coef] * n ** fit[expo], linestyle="--", linewidth=1, color=colour, label=label)
+
+
+def _lines(results, fits, ax, y, lo, hi, coef, expo, colours, title, ylabel, sym):
+    ax = ax or plt.gca()
+    df = results[np.isfinite(results[y]) & (results[y] > 0)]
+    colours = colours or palette(results["estimator"])
+    params = sorted(df["param"].unique())
+    dashes = dict(zip(params, ["-", ":", "-.", (0, (3, 1, 1, 1))] * 4))
+    for (est, param), sub in df.groupby(["estimator", "param"], sort=True):
+        sub = sub.sort_values("budget")
+        label = est if len(params) == 1 else f"{est} / {param}"
+        ax.plot(sub["budget"], sub[y], marker="o", markersize=3, color=colours[est],
+                linestyle=dashes[param], label=label)
+        if lo is not None:
+            ax.fill_between(sub["budget"], sub[lo], sub[hi], color=colours[est], alpha=0.2, linewidth=0)
+        if fits is not None and len(fits):
+            f = fits[(fits["problem"] == sub["problem"].iloc[0]) & (fits["estimator"] == est) & (fits["param"] == param)]
+            if len(f) and np.isfinite(f.iloc[0][coef]) and np.isfinite(f.iloc[0][expo]):
+                fr = f.iloc[0]
+                ci = (f" [{fr[expo + '_ci_low']:.2f}, {fr[expo + '_ci_high']:.2f}]"
+                      if expo + "_ci_low" in fr and np.isfinite(fr[expo + "_ci_low"]) else "")
+                _fit_line(ax, sub, fr, coef, expo, colours[est], label=f"fit {sym} = {fr[expo]:.2f}{ci}")
+    _style(ax, title, ylabel)
+    return ax
+
+
+def plot_variance(results: pd.DataFrame, fits: pd.DataFrame | None = None, ax=None, *, colours=None, title=None):
+    """Variance of the N-sample estimate vs N (log-log) with 95% CI bands and fitted a·N^b."""
+    return _lines(results, fits, ax, "variance", "variance_ci_low", "variance_ci_high", "a", "b", colours,
+                  title or "Variance vs budget", "variance of estimate (grad units², trace)", "b")
+
+
+def plot_snr(results: pd.DataFrame, fits: pd.DataFrame | None = None, ax=None, *, colours=None, title=None):
+    """SNR = |mean| / std of the N-sample estimate vs N (log-log), with the fitted c·N^d."""
+    return _lines(results, fits, ax, "snr", None, None, "c", "d", colours,
+                  title or "Signal-to-noise ratio vs budget", "SNR |mean|/std (dimensionless)", "d")
+
+
+def plot_efficiency(results: pd.DataFrame, ax=None, *, colours=None, title=None):
+    """Variance x seconds per estimate vs N (log-log), with the variance interval scaled alike."""
+    df = results.assign(efficiency=results["variance"] * results["seconds_per_estimate"],
+                        efficiency_low=results["variance_ci_low"] * results["seconds_per_estimate"],
+                        efficiency_high=results["variance_ci_high"] * results["seconds_per_estimate"])
+    return _lines(df, None, ax, "efficiency", "efficiency_low", "efficiency_high", "a", "b", colours,
+                  title or "Efficiency (lower is better)", "variance × seconds per estimate (grad² · s)", "")
+
+
+def problem_figure(results: pd.DataFrame, fits: pd.DataFrame | None, problem: str, *, colours=None):
+    """Figure for one problem: a row per param, columns variance / SNR / efficiency; legend outside."""
+    df = results[results["problem"] == problem]
+    if df.empty:
+        raise ValueError(f"no rows for problem {problem!r}")
+    params = sorted(df["param"].unique())
+    colours = colours or palette(results["estimator"])
+    sns.set_theme(style="whitegrid", context="notebook")
+    fig, axes = plt.subplots(len(params), 3, figsize=(17, 4.2 * len(params) + 0.8), squeeze=False)
+    for i, param in enumerate(params):
+        sub = df[df["param"] == param]
+        plot_variance(sub, fits, axes[i, 0], colours=colours, title=f"Variance vs N — param {param}")
+        plot_snr(sub, fits, axes[i, 1], colours=colours, title=f"SNR vs N — param {param}")
+        plot_efficiency(sub, axes[i, 2], colours=colours, title=f"Efficiency vs N — param {param}")
+        for j in range(3):
+            handles, labels = axes[i, j].get_legend_handles_labels()
+            axes[i, j].legend(handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7,
+                              frameon=False, title="estimator / fit" if j < 2 else "estimator")
+    fig.suptitle(f"{problem}: R = {int(df['replicates'].iloc[0])} replicates per point, bands = 95% CI of the variance, "
+                 "dashed = weighted log-log power-law fit", fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def slug(text: str) -> str:
+    """A file-name-safe form of a problem spec (``gaussian-cos:k=5`` -> ``gaussian-cos_k-5``)."""
+    return re.sub(r"[^A-Za-z0-9.]+", "-", text.replace(":", "_")).strip("-")
+
+
+def plot_all(results: pd.DataFrame, fits: pd.DataFrame | None, out_dir: str, *, formats=("png", "svg"),
+             dpi: int = 110) -> list[str]:
+    """One figure per problem (:func:`problem_figure`) written as ``<slug>.<fmt>``; returns the paths."""
+    os.makedirs(out_dir, exist_ok=True)
+    colours = palette(results["estimator"])
+    paths = []
+    for problem in results["problem"].unique():
+        fig = problem_figure(results, fits, problem, colours=colours)
+        for fmt in formats:
+            path = os.path.join(out_dir, f"{slug(problem)}.{fmt}")
+            fig.savefig(path, dpi=dpi, bbox_inches="tight")
+            paths.append(path)
+        plt.close(fig)
+    return paths
+
+
+def run_plot(args: argparse.Namespace) -> int:
+    results = read_csv(args.results, what=f"results CSV {args.results}")
+    fits = read_csv(args.fits, FITS_REQUIRED, what=f"fits CSV {args.fits}") if args.fits else None
+    paths = plot_all(results, fits, args.out_dir, formats=tuple(args.format or ("png", "svg")))
+    print(f"wrote {len(paths)} figures to {args.out_dir}")
+    return 0
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "plot", help="seaborn figures: variance, SNR and efficiency vs N per problem",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="One figure per problem (a row per parameter): variance vs N on log-log axes with\n"
+        "95% CI bands and, given --fits, the fitted power law; SNR vs N; efficiency (variance x\n"
+        "seconds per estimate, lower is better) vs N. PNG and SVG.",
+        epilog="examples:\n"
+        "  gradnoise plot sweep.csv --out-dir figures\n"
+        "  gradnoise fit sweep.csv --out fits.csv && gradnoise plot sweep.csv --fits fits.csv --out-dir figures\n"
+        "  gradnoise plot sweep.csv --format png --out-dir figures",
+    )
+    p.add_argument("results", metavar="RESULTS.csv", help="tidy CSV written by `gradnoise sweep`")
+    p.add_argument("--fits", metavar="FITS.csv", help="fits written by `gradnoise fit` (draws fitted lines)")
+    p.add_argument("--out-dir", default="figures", help="output folder (default: %(default)s)")
+    p.add_argument("--format", action="append", choices=["png", "svg", "pdf"],
+                   help="image format (repeatable; default: png and svg)")
+    p.set_defaults(func=run_plot)
