@@ -17,11 +17,13 @@ from .registry import (
 )
 from . import score_function, pathwise, importance_weighted  # noqa: F401  (fill the registry)
 from . import vimco  # noqa: F401  (fill the registry)
+from . import digits  # noqa: F401  (fill the registry)
 from .baselines import Baseline, LeaveOneOut, MovingAverage, OptimalConstant
 from .score_function import ScoreFunction
 from .pathwise import Pathwise
 from .importance_weighted import DoublyReparameterised, ImportanceWeighted, StickingTheLanding
 from .vimco import VIMCO
+from .digits import DigitsVAE
 from .problems import ExpectationProblem, LinearGaussianVAE, ModelProblem
 from .engine import COLUMNS, cell_seed, measure, measure_cell, replicate_estimates
 
@@ -32,5 +34,5 @@ __all__ = [
     "Truth", "cell_seed", "estimator_names", "get_estimator", "grad_of", "make_problem", "measure",
     "measure_cell", "parse_spec", "problem_names", "register_estimator", "register_problem",
     "replicate", "replicate_estimates",
-    "DoublyReparameterised", "StickingTheLanding", "VIMCO",
+    "DoublyReparameterised", "StickingTheLanding", "VIMCO", "DigitsVAE",
 ]

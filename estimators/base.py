@@ -192,6 +192,9 @@ class GradientEstimator(abc.ABC):
     pathwise: bool = False
     needs_model: bool = False
     min_budget: int = 1
+    #: True when ``prepare`` is a one-off warm-up that real use amortises over training (an EMA
+    #: baseline's); the engine then leaves its time out of ``seconds_per_estimate``.
+    amortised_prepare: bool = False
 
     def unbiased_at(self, n: int) -> bool:
         """Whether the mean at budget ``n`` equals the true gradient of :meth:`objective`."""

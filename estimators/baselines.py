@@ -28,6 +28,7 @@ from .base import Params, Problem, evaluate_cost, replicate, grad_of
 
 class Baseline(abc.ABC):
     min_budget: int = 1
+    amortised: bool = False   # True: ``init`` is a warm-up whose cost real use spreads over training
 
     def init(self, problem: Problem, params: Params, n: int) -> Any:
         return None
@@ -48,9 +49,11 @@ class MovingAverage(Baseline):
 
     ``init`` warms the state up at the frozen parameters: it starts at the mean cost of one batch
     of ``n`` samples and applies ``warmup`` updates with fresh batches, separately for each
-    replicate (so replicates stay independent). Warm-up evaluations are not counted in the
-    per-estimate cost; they are amortised over training in real use.
+    replicate (so replicates stay independent). Warm-up evaluations and time are not counted in
+    the per-estimate cost (``cost_evals``, ``seconds_per_estimate``): real use amortises them.
     """
+
+    amortised = True
 
     def __init__(self, beta: float = 0.9, warmup: int = 20):
         if not 0.0 <= beta < 1.0:

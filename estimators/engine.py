@@ -70,7 +70,8 @@ def replicate_estimates(
 ) -> tuple[dict[str, Tensor], float]:
     """``replicates`` independent ``budget``-sample estimates, each ``(R, *param_shape)``.
 
-    Returns the estimates (detached) and the wall-clock seconds spent (preparation included).
+    Returns the estimates (detached) and the wall-clock seconds spent (preparation included unless
+    the estimator declares it amortised, as the EMA warm-up is).
     Raises :class:`NonFiniteCostError` naming the problem, estimator and budget on NaN or inf.
     """
     _check_counts(budget, replicates)
@@ -86,7 +87,10 @@ def replicate_estimates(
         for first in range(0, replicates, step):
             params = replicate(problem.params, (min(step, replicates - first),))
             try:
+                prepared = time.perf_counter()
                 state = estimator.prepare(problem, params, budget)
+                if estimator.amortised_prepare:
+                    start += time.perf_counter() - prepared
                 grads = estimator.estimate(problem, params, budget, state)
             except NonFiniteCostError as err:
                 raise NonFiniteCostError(f"{where}: {err}") from None

@@ -128,8 +128,8 @@ def canonical_spec(name: str, options: dict[str, Any], defaults: dict[str, Any])
     merged = {**defaults, **options}
     if not merged:
         return name
-    return name + ":" + ",".join(f"{k}={merged[k]:g}" if isinstance(merged[k], float) and not isinstance(merged[k], bool)
-                                 else f"{k}={merged[k]}" for k in sorted(merged))
+    text = lambda v: f"{v:g}" if isinstance(v, float) else str(v)  # noqa: E731  (2.0 -> "2")
+    return name + ":" + ",".join(f"{k}={text(merged[k])}" for k in sorted(merged))
 
 
 def get_estimator(spec: str | GradientEstimator, **options) -> GradientEstimator:

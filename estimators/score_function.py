@@ -29,6 +29,7 @@ class ScoreFunction(GradientEstimator):
     def __init__(self, baseline: Baseline | None = None, name: str = "reinforce"):
         self.baseline, self.name = baseline, name
         self.min_budget = baseline.min_budget if baseline else 1
+        self.amortised_prepare = bool(baseline and baseline.amortised)
 
     def cost_evals(self, n):
         return n + (self.baseline.extra_evals(n) if self.baseline else 0)
