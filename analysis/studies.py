@@ -58,10 +58,13 @@ README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
 # --------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Config:
-    """How to run a study: ``quick`` is the reduced mode used by the tests; ``seed`` the master seed."""
+    """How to run a study: ``quick`` is the reduced mode used by the tests; ``seed`` the master seed;
+    ``threads`` torch's intra-op threads while it runs (1 by default: on a shared 2-core machine
+    more threads than free cores make torch's vectorised kernels many times slower)."""
 
     quick: bool = False
     seed: int = 0
+    threads: int = 1
 
 
 @dataclass
@@ -144,6 +147,25 @@ def cell_rows(
                                         concat(truth.values, names, ()), concat(truth.se, names, ())))
         rows.append(row)
     return rows, estimates, seconds
+
+
+#: parameter groups of problems whose tensors are not named ``encoder.*`` / ``decoder.*``
+NAMED_GROUPS = {"linear-gaussian-vae": {"encoder": ("A", "b"), "decoder": ("mu",)}}
+
+
+def parameter_groups(problem: gn.Problem) -> dict[str, list[str]]:
+    """``{"encoder": [...], "decoder": [...]}`` from the ``encoder.``/``decoder.`` prefixes or :data:`NAMED_GROUPS`."""
+    if problem.name in NAMED_GROUPS:
+        return {g: list(names) for g, names in NAMED_GROUPS[problem.name].items()}
+    groups: dict[str, list[str]] = {}
+    for name in problem.params:
+        prefix = name.split(".", 1)[0]
+        if prefix in ("encoder", "decoder"):
+            groups.setdefault(prefix, []).append(name)
+    if set(groups) != {"encoder", "decoder"}:
+        raise ValueError(f"problem {problem.spec!r}: cannot tell encoder from decoder parameters "
+                         f"(names {list(problem.params)[:6]}...)")
+    return groups
 
 
 def log_se(low, high):
@@ -272,9 +294,14 @@ def run_study(name: str, out_dir: str | os.PathLike, config: Config = Config()) 
     entry = get_study(name)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    outcome = entry.run(out, config)
-    outcome.wall_seconds = time.perf_counter() - start
+    threads = torch.get_num_threads()
+    torch.set_num_threads(config.threads)
+    try:
+        start = time.perf_counter()
+        outcome = entry.run(out, config)
+        outcome.wall_seconds = time.perf_counter() - start
+    finally:
+        torch.set_num_threads(threads)
     outcome.quick = config.quick
     write_summary(out, outcome)
     return outcome
@@ -338,7 +365,9 @@ def run_command(args: argparse.Namespace) -> int:
         raise ValueError("--out-dir is required")
     if args.update_readme and args.name != "all":
         raise ValueError("--update-readme needs `gradnoise study all` (the block shows every study)")
-    config = Config(quick=args.quick, seed=args.seed)
+    if args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    config = Config(quick=args.quick, seed=args.seed, threads=args.threads)
     names = study_names() if args.name == "all" else [get_study(args.name).name]
     out = Path(args.out_dir)
     outcomes = []
@@ -374,10 +403,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out-dir", metavar="DIR", help="output folder (for 'all': one sub-folder per study)")
     p.add_argument("--quick", action="store_true", help="reduced sizes (seconds; numbers indicative only)")
     p.add_argument("--seed", type=int, default=0, help="master seed (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads while measuring (default: %(default)s)")
     p.add_argument("--update-readme", metavar="README", help="with 'all': rewrite the README's results block "
                    "and copy the figures to docs/results/ beside it")
     p.set_defaults(func=run_command)
 
 
 # the studies register themselves on import (at the end: they import the helpers above)
-from . import studies_gaussian  # noqa: E402,F401
+from . import studies_vae, studies_iwae, studies_gaussian  # noqa: E402,F401
