@@ -55,7 +55,7 @@ def _finished_cells(out: str, replicates: int, seed: int) -> dict[tuple, list[di
     done: dict[tuple, list[dict]] = {}
     if os.path.isfile(out):
         try:
-            old = pd.read_csv(out, float_precision="round_trip")
+            old = pd.read_csv(out)
         except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError):
             old = pd.DataFrame()
         if set(gn.COLUMNS) <= set(old.columns):
