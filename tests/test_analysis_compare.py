@@ -1,0 +1,139 @@
+"""analysis.compare on asv result files written with asv's own API (asv.results.Results)."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from asv import results as asv_results
+from asv import util as asv_util
+from asv.machine import Machine
+from asv.runner import BenchmarkResult
+from scipy import stats
+
+from analysis.cli import main
+from analysis.compare import compare, compare_pair, load_side
+
+MACHINE = "testbox"
+ENV = "virtualenv-py3.11"
+BEFORE, AFTER, SAME = "1" * 40, "2" * 40, "3" * 40
+ESTIMATORS = ["'reinforce'", "'reinforce-loo'", "'reparam'"]
+BUDGETS = ["1", "100"]
+BATCHES = 10          # independent batch estimates per track_* benchmark, as the benchmarks store them
+BATCH_R = 200         # replicates behind each batch variance
+
+
+def write_results(result_dir, commit, benches):
+    """Save one asv Results file (and machine.json) for ``commit``; benches: name -> samples per combo."""
+    os.makedirs(os.path.join(result_dir, MACHINE), exist_ok=True)
+    asv_util.write_json(os.path.join(result_dir, MACHINE, "machine.json"), {"machine": MACHINE, "version": 1},
+                        Machine.api_version)
+    res = asv_results.Results({"machine": MACHINE, "python": "3.11"}, {}, commit, 0, "3.11", ENV, {})
+    for name, samples in benches.items():
+        res.add_result({"name": name, "version": "1", "params": [ESTIMATORS, BUDGETS]},
+                       BenchmarkResult(result=[True] * len(samples), samples=samples, number=[1] * len(samples),
+                                       errcode=0, stderr="", profile=None),
+                       record_samples=True)
+    res.save(result_dir)
+
+
+def batch_variances(rng, sigma2):
+    """Batch variance estimates of Gaussian gradients: sigma2 chi2(R-1)/(R-1)."""
+    return list(sigma2 * rng.chisquare(BATCH_R - 1, BATCHES) / (BATCH_R - 1))
+
+
+def timings(rng, seconds):
+    return list(seconds * (1 + rng.exponential(0.05, 15)))
+
+
+@pytest.fixture(scope="module")
+def results_dir(tmp_path_factory):
+    """BEFORE; AFTER with reinforce-loo's variance doubled at N=100 (a broken baseline); SAME re-measured."""
+    root = str(tmp_path_factory.mktemp("asv") / "results")
+    rng = np.random.default_rng(0)
+    sigma2 = [10.0 / int(n) * (k + 1) for k in range(len(ESTIMATORS)) for n in BUDGETS]
+    secs = [1e-4 * int(n) for _ in ESTIMATORS for n in BUDGETS]
+
+    def run(doubled=()):
+        return {
+            "quality.Variance.track_variance": [batch_variances(rng, s * (2 if i in doubled else 1))
+                                                for i, s in enumerate(sigma2)],
+            "timing.Estimate.time_estimate": [timings(rng, t) for t in secs],
+        }
+
+    before = run()
+    write_results(root, BEFORE, before)
+    write_results(root, AFTER, run(doubled={3}))   # ('reinforce-loo', 100)
+    write_results(root, SAME, run())               # an independent re-run of the same code
+    return root
+
+
+def test_identical_results_report_nothing_changed(results_dir):
+    df = compare(BEFORE, BEFORE, results_dir=results_dir)
+    assert len(df) == 2 * len(ESTIMATORS) * len(BUDGETS)
+    assert (df["verdict"] == "unchanged").all()
+    assert np.allclose(df["ratio"], 1.0) and (df["p_value"] == 1.0).all()
+
+
+def test_rerun_of_the_same_code_reports_nothing_changed(results_dir):
+    df = compare(BEFORE, SAME, results_dir=results_dir)
+    assert (df["verdict"] == "unchanged").all(), df[df["verdict"] != "unchanged"]
+
+
+def test_doubled_variance_is_regressed_and_nothing_else(results_dir):
+    df = compare(BEFORE[:8], AFTER[:6], results_dir=results_dir)       # hash prefixes work
+    hit = (df["benchmark"] == "quality.Variance.track_variance") & (df["params"] == "'reinforce-loo', 100")
+    row = df[hit].iloc[0]
+    assert row["verdict"] == "regressed" and row["test"] == "welch-t-log"
+    assert row["ratio"] > 1 and row["p_adjusted"] < 0.05
+    assert (df.loc[~hit, "verdict"] == "unchanged").all()
+    timing = df[df["kind"] == "time"]
+    assert (timing["test"] == "mann-whitney").all() and timing["p_value"].notna().all()
+
+
+def test_improvement_and_ratio_interval_of_timings():
+    rng = np.random.default_rng(1)
+    out = compare_pair(timings(rng, 2e-3), timings(rng, 1e-3), "time")
+    assert out["test"] == "mann-whitney" and out["p_value"] < 1e-4
+    assert out["ratio_ci_low"] <= 0.5 <= out["ratio_ci_high"]
+
+
+def test_welch_p_values_are_uniform_under_no_change():
+    """Under no change the track_* test's p-values are ~ U(0,1): the 5% rejection rate holds."""
+    rng = np.random.default_rng(2)
+    trials = 400
+    p = np.array([compare_pair(batch_variances(rng, 1.0), batch_variances(rng, 1.0), "track")["p_value"]
+                  for _ in range(trials)])
+    rejections = int((p < 0.05).sum())
+    assert stats.binomtest(rejections, trials, 0.05).pvalue > 1e-3, rejections
+
+
+def test_ratio_interval_covers_a_doubled_variance_at_nominal_rate():
+    rng = np.random.default_rng(3)
+    trials = 400
+    hits = 0
+    for _ in range(trials):
+        out = compare_pair(batch_variances(rng, 1.0), batch_variances(rng, 2.0), "track")
+        hits += out["ratio_ci_low"] <= 2.0 <= out["ratio_ci_high"]
+    assert stats.binomtest(hits, trials, 0.95).pvalue > 1e-3, hits
+
+
+def test_results_files_and_folders_as_sides(results_dir, tmp_path):
+    f = os.path.join(results_dir, MACHINE, f"{BEFORE[:8]}-{ENV}.json")
+    assert len(load_side(f).results) == 1
+    with pytest.raises(ValueError, match="3 commits"):
+        load_side(results_dir)
+
+
+def test_cli_unknown_commit_is_one_line(results_dir, tmp_path, capsys):
+    rc = main(["compare", BEFORE, "deadbeef", "--results-dir", results_dir, "--out", str(tmp_path / "c.csv")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith("gradnoise compare: error: unknown commit 'deadbeef'") and "\n" not in err
+
+
+def test_cli_writes_csv_and_gates(results_dir, tmp_path, capsys):
+    out = tmp_path / "c.csv"
+    assert main(["compare", BEFORE, AFTER, "--results-dir", results_dir, "--out", str(out)]) == 0
+    assert "1 regressed" in capsys.readouterr().out and out.exists()
+    assert main(["compare", BEFORE, AFTER, "--results-dir", results_dir, "--out", str(out),
+                 "--fail-on-regression"]) == 1
