@@ -80,6 +80,12 @@ class Outcome:
     wall_seconds: float = float("nan")
     quick: bool = False
     details: dict = field(default_factory=dict)
+    #: a finer verdict than held / did not hold (e.g. per problem); defaults to that
+    verdict: str | None = None
+
+    @property
+    def verdict_text(self) -> str:
+        return self.verdict or {True: "held", False: "did not hold", None: "not decided"}[self.held]
 
 
 @dataclass(frozen=True)
@@ -244,7 +250,6 @@ def markdown_table(df: pd.DataFrame) -> str:
 
 
 def write_study_md(out_dir: Path, outcome: Outcome, method: str, body: str) -> None:
-    held = {True: "**held**", False: "**did not hold**", None: "**not decided**"}[outcome.held]
     text = [
         f"# {outcome.title}",
         "",
@@ -255,7 +260,7 @@ def write_study_md(out_dir: Path, outcome: Outcome, method: str, body: str) -> N
         "",
         outcome.claim,
         "",
-        f"## Verdict: the claim {held}",
+        f"## Verdict: the claim {outcome.verdict_text}",
         "",
         *[f"- {line}" for line in outcome.headline],
         "",
@@ -283,6 +288,7 @@ def write_study_md(out_dir: Path, outcome: Outcome, method: str, body: str) -> N
 def write_summary(out_dir: Path, outcome: Outcome) -> None:
     data = {
         "name": outcome.name, "title": outcome.title, "claim": outcome.claim, "held": outcome.held,
+        "verdict": outcome.verdict_text,
         "headline": outcome.headline, "figures": outcome.figures, "quick": outcome.quick,
         "wall_seconds": outcome.wall_seconds, "details": outcome.details,
     }
@@ -319,11 +325,10 @@ def results_block(outcomes: list[Outcome], figure_dir: str) -> str:
         "",
     ]
     for o in outcomes:
-        verdict = {True: "held", False: "did not hold", None: "not decided"}[o.held]
         lines += [
             f"### {o.title}",
             "",
-            f"*Claim:* {o.claim} **Verdict: {verdict}** "
+            f"*Claim:* {o.claim} **Verdict: {o.verdict_text}** "
             f"(`gradnoise study {o.name}`{', quick mode' if o.quick else ''}, {o.wall_seconds:.0f} s).",
             "",
             *[f"- {line}" for line in o.headline],
@@ -375,8 +380,7 @@ def run_command(args: argparse.Namespace) -> int:
         target = out / name if args.name == "all" else out
         print(f"study {name}{' (quick)' if args.quick else ''} -> {target}", file=sys.stderr)
         o = run_study(name, target, config)
-        verdict = {True: "held", False: "did not hold", None: "not decided"}[o.held]
-        print(f"{name}: claim {verdict} ({o.wall_seconds:.1f} s)")
+        print(f"{name}: claim {o.verdict_text} ({o.wall_seconds:.1f} s)")
         for line in o.headline:
             print(f"  - {line}")
         outcomes.append(o)

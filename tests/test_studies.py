@@ -1,0 +1,227 @@
+"""The studies: each runs in quick mode and writes the promised files and columns; their helpers
+(group rows, ratio intervals, the noise-corrected SNR, the README block) are right."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+import estimators as gn
+from analysis import cli, studies
+from analysis.fit import FIT_COLUMNS
+from analysis.studies_iwae import Moments
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+STUDY_TABLES = {
+    "vae-vs-reinforce": {"ratios.csv": ["checkpoint", "budget", "estimator", "ratio", "ratio_ci_low", "ratio_ci_high"]},
+    "iwae-snr": {
+        "snr.csv": ["problem", "estimator", "group", "K", "snr", "snr_ci_low", "snr_ci_high", "log_snr_se",
+                    "at_noise_floor", "signal_from", "snr_own", "snr_uncorrected"],
+        "snr_fits.csv": ["problem", "estimator", "group", "K_from", "d", "d_ci_low", "d_ci_high", "n_points"],
+    },
+    "no-single-winner": {
+        "per_sample.csv": ["cost", "k", "param", "estimator", "budget", "per_sample_variance", "ci_low", "ci_high", "rank"],
+        "ranking.csv": ["cost", "k", "param", "ranking", "winner", "pathwise_over_best_sf", "ratio_ci_low",
+                        "ratio_ci_high", "verdict"],
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def quick_runs(tmp_path_factory):
+    """Every study in quick mode, once per test session: ``{name: (out_dir, outcome)}``."""
+    runs = {}
+    for name in studies.study_names():
+        out = tmp_path_factory.mktemp(name)
+        runs[name] = (out, studies.run_study(name, out, studies.Config(quick=True, seed=0)))
+    return runs
+
+
+def test_the_three_studies_are_registered():
+    assert studies.study_names() == ["vae-vs-reinforce", "iwae-snr", "no-single-winner"]
+    with pytest.raises(KeyError, match="valid studies: vae-vs-reinforce"):
+        studies.get_study("no-such-study")
+
+
+@pytest.mark.parametrize("name", list(STUDY_TABLES), ids=list(STUDY_TABLES))
+def test_quick_study_writes_the_promised_files(quick_runs, name):
+    out, outcome = quick_runs[name]
+    results = pd.read_csv(out / "results.csv")
+    assert list(results.columns) == gn.COLUMNS
+    assert len(results) > 0 and results["variance"].gt(0).all()
+    assert (results["variance_ci_low"] <= results["variance"]).all()
+    assert (results["variance"] <= results["variance_ci_high"]).all()
+    fits = pd.read_csv(out / "fits.csv")
+    assert list(fits.columns) == FIT_COLUMNS and len(fits) > 0
+    for table, columns in STUDY_TABLES[name].items():
+        df = pd.read_csv(out / table)
+        assert set(columns) <= set(df.columns), (table, set(columns) - set(df.columns))
+        assert len(df) > 0
+    assert outcome.figures
+    for figure in outcome.figures:
+        data = (out / figure).read_bytes()
+        assert data.startswith(PNG_MAGIC) and len(data) > 5000
+    text = (out / "study.md").read_text()
+    for section in ("## Claim", "## Verdict", "## Method", "## Results"):
+        assert section in text
+    assert outcome.claim in text and all(line in text for line in outcome.headline)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["name"] == name and summary["quick"] is True and summary["headline"] == outcome.headline
+    assert summary["held"] in (True, False, None) and summary["wall_seconds"] > 0
+
+
+def test_vae_vs_reinforce_covers_every_checkpoint_budget_and_estimator(quick_runs):
+    out, _ = quick_runs["vae-vs-reinforce"]
+    results = pd.read_csv(out / "results.csv")
+    enc = results[results["param"] == "encoder"]
+    assert set(enc["estimator"]) == {"reinforce", "reinforce-loo", "reinforce-optimal", "reparam"}
+    # one encoder row per checkpoint x estimator x budget; encoder tensors summed into the group
+    assert len(enc) == len(enc[["problem", "estimator", "budget"]].drop_duplicates())
+    assert {gn.parse_spec(p)[1]["checkpoint"] for p in enc["problem"]} == {"start", "end"}
+    tensors = results[results["param"].str.startswith("encoder.")]
+    summed = tensors.groupby(["problem", "estimator", "budget"])["variance"].sum()
+    group = enc.set_index(["problem", "estimator", "budget"])["variance"]
+    np.testing.assert_allclose(group.loc[summed.index], summed, rtol=1e-9)
+    ratios = pd.read_csv(out / "ratios.csv")
+    assert ((ratios["ratio_ci_low"] < ratios["ratio"]) & (ratios["ratio"] < ratios["ratio_ci_high"])).all()
+    assert len(ratios) == 3 * len(enc) // 4
+
+
+def test_iwae_snr_fits_both_groups_of_both_problems(quick_runs):
+    out, outcome = quick_runs["iwae-snr"]
+    snr = pd.read_csv(out / "snr.csv")
+    assert {p.split(":")[0] for p in snr["problem"]} == {"linear-gaussian-vae", "digits-vae"}
+    assert set(snr["group"]) == {"encoder", "decoder"} and set(snr["estimator"]) == {"iwae", "iwae-dreg"}
+    assert sorted(set(snr["K"])) == [1, 10, 100]
+    fits = pd.read_csv(out / "snr_fits.csv")
+    assert set(fits["K_from"]) == {1, 10}
+    assert len(fits) == 2 * 2 * 2 * 2          # problems x estimators x groups x fit ranges
+    # the claim's direction is visible even in quick mode on the linear-Gaussian model
+    lg = fits[fits["problem"].str.startswith("linear-gaussian-vae") & (fits["K_from"] == 1)].set_index(["estimator", "group"])
+    assert lg.loc[("iwae", "encoder"), "d_ci_high"] < 0 < lg.loc[("iwae", "decoder"), "d_ci_low"]
+
+
+def test_no_single_winner_ranks_every_cost_k_and_param(quick_runs):
+    out, _ = quick_runs["no-single-winner"]
+    per_sample = pd.read_csv(out / "per_sample.csv")
+    assert set(per_sample["cost"]) == {"gaussian-quadratic", "gaussian-exp", "gaussian-cos"}
+    assert (per_sample.loc[per_sample["estimator"] == "reinforce-loo", "budget"] == 2).all()
+    assert (per_sample.loc[per_sample["estimator"] != "reinforce-loo", "budget"] == 1).all()
+    ranking = pd.read_csv(out / "ranking.csv")
+    assert len(ranking) == 3 * 2 * 2           # costs x ks x params
+    assert set(ranking["verdict"]) <= {"pathwise wins", "score function wins", "not significant"}
+    # at k = 10 the cosine cost's pathwise gradient (variance ~ k^2/2) loses by far
+    cos = ranking[(ranking["cost"] == "gaussian-cos") & (ranking["k"] == 10)]
+    assert (cos["verdict"] == "score function wins").all()
+
+
+def test_group_rows_match_the_engine_and_statistics():
+    problem = gn.make_problem("linear-gaussian-vae:d=3")
+    estimator = gn.get_estimator("iwae")
+    rows, estimates, _ = studies.cell_rows(problem, estimator, 4, 60, 5, {"encoder": ["A", "b"]})
+    engine_rows = gn.measure_cell(problem, estimator, 4, 60, 5)
+    for mine, theirs in zip(rows, engine_rows):
+        for column in gn.COLUMNS:
+            if column != "seconds_per_estimate":
+                assert mine[column] == theirs[column], column
+    group = rows[-1]
+    assert group["param"] == "encoder" and group["coords"] == 9 + 3
+    assert group["variance"] == pytest.approx(rows[1]["variance"] + rows[2]["variance"], rel=1e-12)
+
+
+def test_ratio_interval_covers_at_the_nominal_level():
+    """Two independent normal samples; the delta-method ratio interval from the engine's variance
+    intervals should cover the true variance ratio about 95% of the time."""
+    rng = np.random.default_rng(0)
+    trials, r, true_ratio = 2000, 400, 4.0
+    hits = 0
+    for _ in range(trials):
+        a = rng.normal(0, 2.0, r)
+        b = rng.normal(0, 1.0, r)
+        va = gn.statistics.variance_interval((a - a.mean()) ** 2)
+        vb = gn.statistics.variance_interval((b - b.mean()) ** 2)
+        _, low, high = studies.ratio_interval(*va, *vb)
+        hits += low <= true_ratio <= high
+    coverage = hits / trials
+    se = np.sqrt(0.95 * 0.05 / trials)
+    assert abs(coverage - 0.95) < 4 * se + 0.01, coverage
+
+
+def test_noise_corrected_signal_is_unbiased_below_the_noise_floor():
+    """||E g|| = 0.02 with R = 100 replicates in 50 dims (floor 1/sqrt(R) = 0.1): the plain squared
+    norm is inflated by tr(Var)/R = 0.5, the corrected one is not."""
+    import torch
+
+    rng = np.random.default_rng(1)
+    mu = np.zeros(50)
+    mu[0] = 0.02 * np.sqrt(50)            # ||mu||^2 = 0.02, tr Var = 50: SNR = 0.02
+    corrected, plain = [], []
+    for _ in range(400):
+        g = torch.as_tensor(rng.normal(mu, 1.0, size=(100, 50)))
+        m = Moments.of({"g": g}, ["g"])
+        corrected.append(m.signal2())
+        plain.append(float(m.mean @ m.mean))
+    corrected, plain = np.array(corrected), np.array(plain)
+    assert abs(corrected.mean() - 0.02) < 4 * corrected.std(ddof=1) / np.sqrt(len(corrected))
+    assert plain.mean() > 0.02 + 0.4
+
+
+def test_bootstrap_moments_with_unit_weights_reproduce_the_estimates():
+    import torch
+
+    g = torch.as_tensor(np.random.default_rng(2).normal(1.0, 2.0, size=(30, 7)))
+    m = Moments.of({"g": g}, ["g"])
+    signal2, trace = m.boot(np.full((1, 30), 1 / 30))
+    assert trace[0] == pytest.approx(m.trace(), rel=1e-5)
+    assert signal2[0] == pytest.approx(m.signal2(), rel=1e-5)
+    assert m.trace() == pytest.approx(float(g.var(0).sum()), rel=1e-12)
+
+
+def test_parameter_groups():
+    groups = studies.parameter_groups(gn.make_problem("linear-gaussian-vae:d=2"))
+    assert groups == {"encoder": ["A", "b"], "decoder": ["mu"]}
+    with pytest.raises(ValueError, match="cannot tell encoder from decoder"):
+        studies.parameter_groups(gn.make_problem("gaussian-cos"))
+
+
+def _outcome(name, held):
+    return studies.Outcome(name, f"Title {name}", f"Claim of {name}.", held, [f"{name}: d = 0.5 [0.4, 0.6]"],
+                           ["fig.png"], wall_seconds=1.0)
+
+
+def test_update_readme_replaces_only_the_block_and_copies_figures(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("# Title\n\nbefore\n\n<!-- results:start -->\nold text\n<!-- results:end -->\n\nafter\n")
+    out = tmp_path / "out"
+    for name in ("one", "two"):
+        (out / name).mkdir(parents=True)
+        (out / name / "fig.png").write_bytes(PNG_MAGIC + b"x")
+    studies.update_readme(readme, [_outcome("one", True), _outcome("two", False)], out)
+    text = readme.read_text()
+    assert text.startswith("# Title\n\nbefore\n\n<!-- results:start -->\n") and text.endswith("<!-- results:end -->\n\nafter\n")
+    assert "old text" not in text
+    assert "one: d = 0.5 [0.4, 0.6]" in text and "Verdict: held" in text and "Verdict: did not hold" in text
+    assert "![one: fig.png](docs/results/one-fig.png)" in text
+    assert (tmp_path / "docs" / "results" / "two-fig.png").read_bytes() == PNG_MAGIC + b"x"
+    studies.update_readme(readme, [_outcome("one", True)], out)   # idempotent block replacement
+    assert readme.read_text().count("<!-- results:start -->") == 1
+
+    bare = tmp_path / "BARE.md"
+    bare.write_text("no markers\n")
+    with pytest.raises(ValueError, match="results:start"):
+        studies.update_readme(bare, [], out)
+
+
+def test_command_line(capsys):
+    assert cli.main(["study", "--list"]) == 0
+    listed = capsys.readouterr().out
+    assert all(name in listed for name in studies.study_names() + ["all"])
+    assert cli.main(["study", "no-such-study", "--out-dir", "x"]) == 2
+    assert "unknown study 'no-such-study'" in capsys.readouterr().err
+    assert cli.main(["study", "iwae-snr"]) == 2
+    assert "--out-dir is required" in capsys.readouterr().err
+    assert cli.main(["study", "iwae-snr", "--out-dir", "x", "--update-readme", "README.md"]) == 2
+    assert "--update-readme needs" in capsys.readouterr().err
