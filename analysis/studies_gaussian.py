@@ -21,7 +21,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 import estimators as gn
@@ -94,9 +93,11 @@ def ranking_table(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def judge(ranking: pd.DataFrame) -> tuple[bool, list[str], dict]:
-    """Whether the claim held, per cost and parameter, and the headline lines."""
+    """Whether the claim held, per cost and parameter, and one headline line per cost."""
     held, lines, details = True, [], {}
+    ks = lambda v: ", ".join(fmt(k, 2) for k in v) or "none"  # noqa: E731
     for cost in COSTS:
+        wins, losses, last_ratio, missed = [], [], [], []
         for param in ("loc", "scale"):
             g = ranking[(ranking["cost"] == cost) & (ranking["param"] == param)].sort_values("k")
             pw_k = g.loc[g["verdict"] == "pathwise wins", "k"].tolist()
@@ -108,15 +109,17 @@ def judge(ranking: pd.DataFrame) -> tuple[bool, list[str], dict]:
                 ok = bool(pw_k) and last["verdict"] == "score function wins"
             held &= ok
             details[f"{cost}/{param}"] = {"pathwise_wins_at_k": pw_k, "score_function_wins_at_k": sf_k, "held": ok}
-            if param == "loc" or not ok:
-                lines.append(
-                    f"{COSTS[cost]}, d/d{param}: pathwise significantly best at k = "
-                    f"{', '.join(fmt(k, 2) for k in pw_k) or 'none'}; score function best at k = "
-                    f"{', '.join(fmt(k, 2) for k in sf_k) or 'none'}; at k = {fmt(last['k'], 2)} "
-                    f"Var(pathwise)/Var(best score function, {last['best_score_function']}) = "
-                    f"{fmt_ci(last['pathwise_over_best_sf'], last['ratio_ci_low'], last['ratio_ci_high'])}"
-                    + ("" if ok else " (claim not met here)")
-                )
+            wins.append(f"{ks(pw_k)} (d/d{param})")
+            losses.append(f"{ks(sf_k)} (d/d{param})")
+            last_ratio.append(f"{fmt_ci(last['pathwise_over_best_sf'], last['ratio_ci_low'], last['ratio_ci_high'])} "
+                              f"(d/d{param}, vs {last['best_score_function']})")
+            missed += [] if ok else [param]
+        lines.append(
+            f"{COSTS[cost]}: pathwise significantly best at k = {'; '.join(wins)}; a score-function "
+            f"estimator significantly best at k = {'; '.join(losses)}; Var(pathwise) / Var(best score "
+            f"function) at k = {fmt(last['k'], 2)}: {'; '.join(last_ratio)}"
+            + (f" (claim not met for d/d{', d/d'.join(missed)})" if missed else "")
+        )
     return held, lines, details
 
 
