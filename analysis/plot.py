@@ -125,7 +125,7 @@ def problem_figure(results: pd.DataFrame, fits: pd.DataFrame | None, problem: st
 
 def slug(text: str) -> str:
     """A file-name-safe form of a problem spec (``gaussian-cos:k=5`` -> ``gaussian-cos_k-5``)."""
-    return re.sub(r"[^A-Za-z0-9.]+", "-", text.replace(":", "_")).strip("-")
+    return re.sub(r"[^A-Za-z0-9._]+", "-", text.replace(":", "_")).strip("-")
 
 
 def plot_all(results: pd.DataFrame, fits: pd.DataFrame | None, out_dir: str, *, formats=("png", "svg"),
@@ -148,7 +148,7 @@ def run_plot(args: argparse.Namespace) -> int:
     results = read_csv(args.results, what=f"results CSV {args.results}")
     fits = read_csv(args.fits, FITS_REQUIRED, what=f"fits CSV {args.fits}") if args.fits else None
     paths = plot_all(results, fits, args.out_dir, formats=tuple(args.format or ("png", "svg")))
-    print(f"wrote {len(paths)} figures to {args.out_dir}")
+    print(f"wrote {len(paths)} figure files ({', '.join(args.format or ('png', 'svg'))}) to {args.out_dir}")
     return 0
 
 
