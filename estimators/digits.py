@@ -32,7 +32,9 @@ settings, under ``$GRADNOISE_CACHE/digits`` (default ``~/.cache/gradnoise/digits
 holding the ``start`` (initialisation), ``middle`` (``steps // 2``) and ``end`` checkpoints; a
 second run loads the file and does not retrain.
 
-Truths: ELBO gradients of ``digits-vae`` by an oracle from ``reparam``; IWAE-K (K > 1) by an
+Truths: ELBO gradients of ``digits-vae`` by an oracle from ``reparam`` (``oracle_samples``
+evaluations, default 2^20, as 1000-sample estimates, or fewer samples each when
+``oracle_samples < 2^18``); IWAE-K (K > 1) by an
 oracle from ``iwae-dreg`` (unbiased, and of lower encoder variance than ``iwae``). For
 ``digits-bernoulli-vae`` the ELBO gradient is exact by enumerating the :math:`2^L` latent states
 per point (``latent <= 16``; else an oracle from ``reinforce-loo``), IWAE-K by an oracle from
@@ -299,15 +301,18 @@ class DigitsVAE(ModelProblem):
         if objective.kind not in ("expectation", "iwae"):
             raise ValueError(f"problem {self.spec!r} has no objective {objective}")
         if objective not in self._truths:
+            # ELBO oracles average n-sample estimates, n = 1000 by default; fewer for a small
+            # oracle_samples, so that the oracle spends about oracle_samples evaluations
+            n = max(1, min(1000, self.oracle_samples // 256))
             if self.kind == "gaussian":
-                truth = (oracle_truth(self, "reparam", 1000, self.oracle_samples) if objective.k == 1
+                truth = (oracle_truth(self, "reparam", n, self.oracle_samples) if objective.k == 1
                          else oracle_truth(self, "iwae-dreg", objective.k, self.oracle_samples))
             elif objective.k > 1:
                 truth = oracle_truth(self, "vimco", objective.k, self.oracle_samples)
             elif self.latent <= MAX_ENUMERATED_LATENT:
                 truth = _autograd_truth(self.exact_elbo, self.params, "enumeration")
             else:
-                truth = oracle_truth(self, "reinforce-loo", 1000, self.oracle_samples)
+                truth = oracle_truth(self, "reinforce-loo", max(2, n), self.oracle_samples)
             self._truths[objective] = truth
         return self._truths[objective]
 

@@ -112,8 +112,9 @@ def test_invalid_options_are_clear_errors(spec, match):
 
 
 @pytest.mark.parametrize("spec, estimators", [
-    (SPEC, ["reinforce", "reinforce-loo", "reparam", "iwae", "iwae-stl", "iwae-dreg", "vimco"]),
-    (BSPEC, ["reinforce", "reinforce-loo", "vimco"]),
+    (SPEC, ["reinforce", "reinforce-loo", "reinforce-optimal", "reparam", "iwae", "iwae-stl", "iwae-dreg",
+            "vimco"]),
+    (BSPEC, ["reinforce", "reinforce-ema", "reinforce-loo", "reinforce-optimal", "vimco"]),
 ])
 def test_measure_gives_one_row_per_parameter_tensor(spec, estimators):
     prob = digits.DigitsVAE("gaussian" if spec == SPEC else "bernoulli", **SMALL, oracle_samples=2**12)
@@ -131,7 +132,7 @@ def test_measure_gives_one_row_per_parameter_tensor(spec, estimators):
 ])
 def test_unbiased_against_the_truth(kind, estimator, n, truth_kind):
     """|mean - truth| within 4 SE (oracle SE included), Holm-corrected over all coordinates."""
-    prob = digits.DigitsVAE(kind, **SMALL, checkpoint="middle", points=2, oracle_samples=2**16)
+    prob = digits.DigitsVAE(kind, **SMALL, checkpoint="middle", points=2, oracle_samples=2**15)
     est = gn.get_estimator(estimator)
     truth = prob.true_gradient(est.objective(n))
     assert truth.kind == truth_kind
@@ -142,7 +143,7 @@ def test_unbiased_against_the_truth(kind, estimator, n, truth_kind):
 
 def test_reinforce_on_the_bernoulli_elbo_detects_a_wrong_truth():
     """Power check: the same test rejects the IWAE-2 truth for an ELBO estimator."""
-    prob = digits.DigitsVAE("bernoulli", **SMALL, checkpoint="middle", points=2, oracle_samples=2**16)
+    prob = digits.DigitsVAE("bernoulli", **SMALL, checkpoint="middle", points=2, oracle_samples=2**15)
     estimates, _ = replicate_estimates(prob, gn.get_estimator("reinforce-loo"), 4, 2000, SEED)
     wrong = prob.true_gradient(gn.Objective("iwae", 8))
     assert wrong.kind == "oracle"
