@@ -17,15 +17,14 @@ Its reparameterised gradient splits, for the encoder, into a *path* term through
      \;-\; \sum_k \tilde w_k \nabla_\phi \log q_\phi(z_k\mid x)\big|_{z_k\ \text{fixed}}.
 
 The three estimators here differ only in what they do with that split (the decoder gradient
-:math:`\sum_k \tilde w_k \nabla_\theta \log p_\theta(x, z_k)` is the same in all three, bit for
-bit, given the same noise):
+:math:`\sum_k \tilde w_k \nabla_\theta \log p_\theta(x, z_k)` is the same in all three (up to
+floating-point rounding), given the same noise):
 
-=============  =========================================================  ==============================
-``iwae``       both terms (Burda et al. 2016)                             unbiased for every K
-``iwae-stl``   path term only (Roeder et al. 2017, "sticking the landing") unbiased for K = 1 only
-``iwae-dreg``  path term with weights :math:`\tilde w_k^2` (Tucker et al.  unbiased for every K
-               2019, doubly reparameterised)
-=============  =========================================================  ==============================
+* ``iwae``: both terms (Burda et al. 2016); unbiased for every K.
+* ``iwae-stl``: the path term only (Roeder et al. 2017, "sticking the landing"); unbiased for
+  K = 1 only.
+* ``iwae-dreg``: the path term with weights :math:`\tilde w_k^2` (Tucker et al. 2019, doubly
+  reparameterised); unbiased for every K.
 
 The budget ``n`` is ``K``; each spends ``K`` evaluations of the log joint (and their
 gradients). All need a model problem (``log_joint`` and ``encoder``, see
