@@ -259,6 +259,11 @@ def figure(snr: pd.DataFrame, fits: pd.DataFrame, path: Path) -> str:
             if np.isfinite(f["d"]):
                 ks = np.geomspace(ASYMPTOTIC_K, g["K"].max(), 20)
                 ax.plot(ks, f["c"] * ks ** f["d"], color=color, ls=ls, lw=1.2, label=label)
+                target = EXPECTED.get((est, group), (None,))[0]
+                if target is not None:     # the papers' rate, through the fit at K = ASYMPTOTIC_K
+                    start = f["c"] * ASYMPTOTIC_K ** f["d"]
+                    ax.plot(ks, start * (ks / ASYMPTOTIC_K) ** target, color="gray", ls=":", lw=1.0,
+                            label=f"K^{target:+.1f} (paper)")
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_title(problem.split(":")[0], fontsize=9)

@@ -129,6 +129,10 @@ def run(out: Path, config: Config) -> Outcome:
             f"Var({est}) / Var(reparam), encoder, over checkpoints x N = {', '.join(map(str, sizes.budgets))}: "
             f"from {fmt_ci(lo['ratio'], lo['ratio_ci_low'], lo['ratio_ci_high'])} ({lo['checkpoint']}, N={lo['budget']}) "
             f"to {fmt_ci(hi['ratio'], hi['ratio_ci_low'], hi['ratio_ci_high'])} ({hi['checkpoint']}, N={hi['budget']})")
+    for n in sizes.budgets:
+        r = ratios[(ratios["estimator"] == "reinforce") & (ratios["budget"] == n)]
+        headline.append(f"Var(reinforce) / Var(reparam) at N = {n}: " + "; ".join(
+            f"{fmt_ci(x.ratio, x.ratio_ci_low, x.ratio_ci_high)} ({x.checkpoint})" for x in r.itertuples()))
     bad = ratios[ratios["ratio_ci_low"] <= 1]
     headline.append("reparam has significantly lower encoder variance in every cell"
                     if bad.empty else
