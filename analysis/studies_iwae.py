@@ -29,7 +29,8 @@ With R replicates, :math:`\lVert\bar g\rVert^2` overestimates :math:`\lVert\math
    each group the signal is estimated (noise-corrected) from whichever of them has the smaller
    total variance there (DReG for the encoder at K > 1), and each estimator's SNR is that signal
    over *its own* :math:`\sqrt{\operatorname{tr}\Sigma}`. ``snr.csv`` also gives each estimator's
-   SNR from its own mean (``snr_own``) as a check.
+   SNR from its own mean (``snr_own``) and ``same_mean_p``, the Bonferroni p-value of per-coordinate
+   z-tests that the two estimators' means agree (the premise of the shared signal).
 
 Intervals: a bootstrap over replicates (B resamples, multinomial weights, independent between
 estimators) gives the standard error of :math:`\log\mathrm{SNR}` and a percentile interval per K.
@@ -46,6 +47,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from scipy import stats
 
 import estimators as gn
 
@@ -112,6 +114,9 @@ class Moments:
     def trace(self) -> float:
         return float(self.sq.sum() / (self.r - 1))
 
+    def coordinate_variances(self) -> np.ndarray:
+        return (self.dev.astype(np.float64) ** 2).sum(0) / (self.r - 1)
+
     def signal2(self) -> float:
         """Noise-corrected squared norm of the mean: ``||mean||^2 - trace / R``."""
         return float(self.mean @ self.mean - self.trace() / self.r)
@@ -149,6 +154,13 @@ def snr_rows(problem: gn.Problem, k: int, moments: dict[tuple[str, str], Moments
             log_snr_boot = 0.5 * (np.log(s2_boot[ok]) - np.log(trace_boot[ok]))
             floor = (1 - ok.mean()) > FLOOR_FRACTION or s2 <= 0
             own, own_boot = m.signal2(), boot[e][0]
+            src = moments[source, group]
+            if e == source:
+                same_mean_p = 1.0
+            else:   # the premise of the shared signal: both estimators have the same mean
+                se = np.sqrt(m.coordinate_variances() / m.r + src.coordinate_variances() / src.r)
+                z = np.abs(m.mean - src.mean) / np.where(se > 0, se, np.inf)
+                same_mean_p = float(min(1.0, z.size * 2 * stats.norm.sf(z.max())))
             own_snr_boot = np.sqrt(np.clip(own_boot, 0, None) / trace_boot)
             rows.append({
                 "problem": problem.spec, "estimator": e, "group": group, "K": k, "replicates": m.r,
@@ -158,6 +170,7 @@ def snr_rows(problem: gn.Problem, k: int, moments: dict[tuple[str, str], Moments
                 "log_snr_se": float(log_snr_boot.std(ddof=1)) if ok.sum() > 1 else np.nan,
                 "at_noise_floor": bool(floor), "signal_from": source,
                 "signal_norm": float(np.sqrt(max(s2, 0.0))), "trace_variance": trace,
+                "same_mean_p": same_mean_p,
                 "snr_own": float(np.sqrt(max(own, 0.0) / trace)),
                 "snr_own_ci_low": float(np.percentile(own_snr_boot, 2.5)),
                 "snr_own_ci_high": float(np.percentile(own_snr_boot, 97.5)),
@@ -320,8 +333,9 @@ def run(out: Path, config: Config) -> Outcome:
         "own-mean SNR [95% CI]": [fmt_ci(r.snr_own, r.snr_own_ci_low, r.snr_own_ci_high) for r in snr.itertuples()],
         "uncorrected": [fmt(v) for v in snr["snr_uncorrected"]],
         "1/sqrt(R)": [fmt(v) for v in snr["noise_floor_1_over_sqrt_R"]],
+        "same-mean p": [fmt(v, 2) for v in snr["same_mean_p"]],
     })[["problem", "group", "estimator", "K", "SNR [95% CI]", "signal_from", "own-mean SNR [95% CI]", "uncorrected",
-        "1/sqrt(R)", "at_noise_floor"]]
+        "1/sqrt(R)", "at_noise_floor", "same-mean p"]]
     sizes_text = "; ".join(
         f"`{spec}`: K in {{{', '.join(map(str, ks))}}}, R = {r}, truth columns from "
         + (f"{o}-sample oracles" if o else "the problem's default oracles (2^20 samples) for K > 1")
@@ -341,7 +355,9 @@ floor near 1/sqrt(R) under any SNR estimate. We use (1) the noise-corrected, unb
 ||mean||^2 - tr Var / R and (2) the signal from the lower-variance of the two unbiased
 estimators at that K (both have mean grad L_K), divided by each estimator's own sqrt(tr Var):
 this measures the IWAE encoder's SNR far below 1/sqrt(R) (see `signal_from` and the own-mean
-column, which agrees where it is measurable). A K whose bootstrap signal is non-positive in more
+column). The premise, equal means, is tested at every K and group (Bonferroni over coordinates of
+z-tests of the difference of the two means): smallest p-value {fmt(snr['same_mean_p'].min(), 2)}
+over {len(snr) // 2} tests. A K whose bootstrap signal is non-positive in more
 than {100 * FLOOR_FRACTION:.1f}% of resamples is marked at the noise floor and left out of the fit.
 
 **Intervals and fits.** Bootstrap over replicates (percentile interval per K; standard error of
