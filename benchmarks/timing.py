@@ -1,0 +1,44 @@
+"""Runtime: one gradient estimate, and one full variance measurement, per cell."""
+from __future__ import annotations
+
+import estimators
+
+from .common import BUDGETS, ESTIMATORS, PROBLEMS, cell, seed_torch
+
+
+class TimeOneEstimate:
+    """Seconds for one N-sample gradient estimate of one replicate.
+
+    What a training step pays: ``estimator(problem, params, N)`` = check, prepare (e.g. the EMA
+    baseline's warm-up, the optimal baseline's pilot batch) and estimate, one backward pass.
+    """
+
+    params = (PROBLEMS, ESTIMATORS, BUDGETS)
+    param_names = ["problem", "estimator", "N"]
+
+    def setup(self, problem, estimator, n):
+        self.problem, self.estimator = cell(problem, estimator, n)
+        self.leaves = estimators.replicate(self.problem.params, (1,))
+        seed_torch(self.problem, self.estimator, n)
+
+    def time_one_estimate(self, problem, estimator, n):
+        self.estimator(self.problem, self.leaves, n)
+
+
+class TimeVarianceMeasurement:
+    """Seconds for one variance measurement: R=1000 N-sample estimates and their statistics.
+
+    ``estimators.measure_cell``, the engine's unit of work (vectorised replicates, chunked, then
+    summarised against the truth); the truth itself is computed in ``setup``, not timed.
+    """
+
+    params = (PROBLEMS, ESTIMATORS, BUDGETS)
+    param_names = ["problem", "estimator", "N"]
+    replicates = 1000
+
+    def setup(self, problem, estimator, n):
+        self.problem, self.estimator = cell(problem, estimator, n)
+        self.problem.true_gradient(self.estimator.objective(n))
+
+    def time_variance_measurement(self, problem, estimator, n):
+        estimators.measure_cell(self.problem, self.estimator, n, self.replicates, 0)
