@@ -129,7 +129,8 @@ class ModelProblem(Problem):
     ``K``) estimates :math:`\nabla \mathcal{L}_K`. ``encoder(params)`` returns :math:`q_\phi(z\mid
     x)` with batch shape equal to the leading dims of ``params``; ``log_joint(z, params)`` maps
     ``S + batch + event`` to ``S + batch``. ``elbo(params)``, if given, is a closed form (truth
-    kind ``closed-form``); IWAE truths for K > 1 are oracles from ``iwae`` itself.
+    kind ``closed-form``); IWAE truths for K > 1 are oracles from ``iwae-dreg`` (Tucker et al.
+    2019), unbiased for the bound and far less noisy for the encoder than ``iwae``.
     """
 
     is_model = True
@@ -163,7 +164,7 @@ class ModelProblem(Problem):
             elif objective == Objective():
                 truth = oracle_truth(self, "reparam", 1000, self.oracle_samples)
             elif objective.kind == "iwae":
-                truth = oracle_truth(self, "iwae", objective.k, self.oracle_samples)
+                truth = oracle_truth(self, "iwae-dreg", objective.k, self.oracle_samples)
             else:
                 raise ValueError(f"problem {self.spec!r} has no objective {objective}")
             self._truths[objective] = truth
