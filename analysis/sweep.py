@@ -99,23 +99,30 @@ def sweep_to_csv(
     if done and todo and progress:
         print(f"resuming: {len(grid) - len(todo)} of {len(grid)} cells already done", file=sys.stderr)
     iterator = gn.engine.iter_measure(todo, replicates, seed)
+    # the bar advances by each cell's work, N x (event + param elements), so that its ETA holds
+    # for grids whose cells differ by orders of magnitude; it shows the cell count and the cell
+    # being computed
+    work = [n * (p.event_numel() + p.param_numel()) for p, _, n in todo]
     bar = None
     if progress and todo:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(todo), unit="cell", desc="sweep", file=sys.stderr, dynamic_ncols=True)
+        bar = tqdm(total=sum(work), desc="sweep", file=sys.stderr, dynamic_ncols=True,
+                   bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}{postfix}]")
     computed = 0
     try:
         with open(side, "a") as fh:
-            for (problem, estimator, n), rows in zip(todo, iterator):
+            for i, (problem, estimator, n) in enumerate(todo):
+                if bar is not None:
+                    bar.set_postfix_str(f"cell {i + 1}/{len(todo)}: {problem.spec} {estimator.name} N={n}")
+                rows = next(iterator)
                 fh.write(json.dumps(rows) + "\n")
                 fh.flush()
                 os.fsync(fh.fileno())
                 done[_cell_key(problem.spec, estimator.name, n, replicates, seed)] = rows
                 computed += 1
                 if bar is not None:
-                    bar.set_postfix_str(f"{problem.spec} {estimator.name} N={n}", refresh=False)
-                    bar.update(1)
+                    bar.update(work[i])
     except KeyboardInterrupt:
         if bar is not None:
             bar.close()
