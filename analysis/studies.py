@@ -310,6 +310,11 @@ def run_study(name: str, out_dir: str | os.PathLike, config: Config = Config()) 
         torch.set_num_threads(threads)
     outcome.quick = config.quick
     write_summary(out, outcome)
+    study_md = out / "study.md"
+    if study_md.exists():
+        with study_md.open("a") as fh:
+            fh.write(f"\nWall time: {outcome.wall_seconds:.1f} s ({config.threads} torch thread"
+                     f"{'s' if config.threads > 1 else ''}, seed {config.seed}).\n")
     return outcome
 
 

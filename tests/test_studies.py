@@ -68,6 +68,7 @@ def test_quick_study_writes_the_promised_files(quick_runs, name):
     for section in ("## Claim", "## Verdict", "## Method", "## Results"):
         assert section in text
     assert outcome.claim in text and all(line in text for line in outcome.headline)
+    assert f"Wall time: {outcome.wall_seconds:.1f} s" in text
     summary = json.loads((out / "summary.json").read_text())
     assert summary["name"] == name and summary["quick"] is True and summary["headline"] == outcome.headline
     assert summary["held"] in (True, False, None) and summary["wall_seconds"] > 0
