@@ -31,6 +31,10 @@ BUDGETS = (1, 10, 100)
 #: Seed of the suite; each cell's random stream is derived from it and the cell itself.
 SEED = 0
 
+# One intra-op thread: the benchmarks measure the estimators, not torch's thread pool, whose
+# spinning threads make timings on a small shared machine (ours have 2 cores) noisy and slow.
+torch.set_num_threads(1)
+
 
 @functools.lru_cache(maxsize=None)
 def problem(spec: str) -> estimators.Problem:
