@@ -46,7 +46,6 @@ import torch
 from scipy import stats
 
 import estimators as gn
-from estimators import statistics
 
 LEVEL = 0.95
 Z = float(stats.norm.ppf(0.5 + LEVEL / 2))
@@ -135,23 +134,8 @@ def cell_rows(
     Returns ``(rows, estimates, seconds)``.
     """
     estimates, seconds = gn.replicate_estimates(problem, estimator, budget, replicates, seed)
-    truth = problem.true_gradient(estimator.objective(budget))
-
-    def concat(tensors, names, lead):
-        return torch.cat([tensors[n].reshape(*lead, -1) for n in names], -1).double().cpu().numpy()
-
-    parts = [(name, [name]) for name in estimates]
-    parts += [(group, list(names)) for group, names in (groups or {}).items()]
-    rows = []
-    for label, names in parts:
-        row = {
-            "problem": problem.spec, "estimator": estimator.name, "param": label, "budget": budget,
-            "replicates": replicates, "seed": seed, "truth_kind": truth.kind,
-            "seconds_per_estimate": seconds / replicates, "cost_evals": estimator.cost_evals(budget),
-        }
-        row.update(statistics.summarise(concat(estimates, names, (replicates,)),
-                                        concat(truth.values, names, ()), concat(truth.se, names, ())))
-        rows.append(row)
+    rows = gn.engine.summarise_estimates(problem, estimator, budget, seed, estimates, seconds,
+                                         {g: list(n) for g, n in (groups or {}).items()})
     return rows, estimates, seconds
 
 

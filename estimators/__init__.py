@@ -25,7 +25,7 @@ from .importance_weighted import DoublyReparameterised, ImportanceWeighted, Stic
 from .vimco import VIMCO
 from .digits import DigitsVAE
 from .problems import ExpectationProblem, LinearGaussianVAE, ModelProblem
-from .engine import COLUMNS, cell_seed, measure, measure_cell, replicate_estimates
+from .engine import COLUMNS, cell_seed, measure, measure_cell, replicate_estimates, summarise_estimates
 
 __all__ = [
     "Baseline", "COLUMNS", "EstimatorNotApplicable", "ExpectationProblem", "GradientEstimator",
@@ -33,6 +33,6 @@ __all__ = [
     "NonFiniteCostError", "Objective", "OptimalConstant", "Pathwise", "Problem", "ScoreFunction",
     "Truth", "cell_seed", "estimator_names", "get_estimator", "grad_of", "make_problem", "measure",
     "measure_cell", "parse_spec", "problem_names", "register_estimator", "register_problem",
-    "replicate", "replicate_estimates",
+    "replicate", "replicate_estimates", "summarise_estimates",
     "DoublyReparameterised", "StickingTheLanding", "VIMCO", "DigitsVAE",
 ]

@@ -104,6 +104,36 @@ def replicate_estimates(
     return {k: torch.cat([c[k] for c in chunks]) for k in chunks[0]}, seconds
 
 
+def summarise_estimates(
+    problem: Problem, estimator: GradientEstimator, budget: int, seed: int,
+    estimates: dict[str, Tensor], seconds: float, groups: dict[str, list[str]] | None = None,
+) -> list[dict]:
+    """Tidy rows (:data:`COLUMNS`) for given estimates: one per parameter, then one per group.
+
+    ``groups`` maps a label (e.g. ``"encoder"``) to parameter names whose tensors are summarised
+    together, as one concatenated vector (same reductions as a tensor parameter).
+    """
+    truth = problem.true_gradient(estimator.objective(budget))
+    replicates = next(iter(estimates.values())).shape[0]
+
+    def flat(tensors, names, lead):
+        return torch.cat([tensors[n].reshape(*lead, -1) for n in names], -1).double().cpu().numpy()
+
+    parts = [(name, [name]) for name in estimates] + [(g, list(n)) for g, n in (groups or {}).items()]
+    rows = []
+    for label, names in parts:
+        row = {
+            "problem": problem.spec, "estimator": estimator.name, "param": label, "budget": budget,
+            "replicates": replicates, "seed": seed, "truth_kind": truth.kind,
+            "seconds_per_estimate": seconds / replicates, "cost_evals": estimator.cost_evals(budget),
+        }
+        row.update(statistics.summarise(
+            flat(estimates, names, (replicates,)), flat(truth.values, names, ()), flat(truth.se, names, ())
+        ))
+        rows.append(row)
+    return rows
+
+
 def measure_cell(
     problem: Problem, estimator: GradientEstimator, budget: int, replicates: int, seed: int = 0,
     *, max_elements: int = MAX_ELEMENTS,
@@ -112,21 +142,7 @@ def measure_cell(
     estimates, seconds = replicate_estimates(
         problem, estimator, budget, replicates, seed, max_elements=max_elements
     )
-    truth = problem.true_gradient(estimator.objective(budget))
-    rows = []
-    for name, g in estimates.items():
-        row = {
-            "problem": problem.spec, "estimator": estimator.name, "param": name, "budget": budget,
-            "replicates": replicates, "seed": seed, "truth_kind": truth.kind,
-            "seconds_per_estimate": seconds / replicates, "cost_evals": estimator.cost_evals(budget),
-        }
-        row.update(statistics.summarise(
-            g.reshape(replicates, -1).double().cpu().numpy(),
-            truth.values[name].reshape(-1).double().cpu().numpy(),
-            truth.se[name].reshape(-1).double().cpu().numpy(),
-        ))
-        rows.append(row)
-    return rows
+    return summarise_estimates(problem, estimator, budget, seed, estimates, seconds)
 
 
 def cells(
