@@ -307,7 +307,7 @@ def run(out: Path, config: Config) -> Outcome:
                     moments[name, group] = Moments.of(estimates, names)
                 del estimates
             snr += snr_rows(problem, k, moments, sizes.bootstrap, rng)
-    results = write_results(rows, out)
+    write_results(rows, out)
     snr = pd.DataFrame(snr)
     fits = pd.concat([fit_table(snr, 1), fit_table(snr, ASYMPTOTIC_K)], ignore_index=True)
     write_csv(snr, out / "snr.csv")

@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from scipy import stats
 
 import estimators as gn
 from analysis import cli, studies
