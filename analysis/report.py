@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
+import re
 import subprocess
 import sys
 import time
@@ -92,6 +93,19 @@ def common_budget(results: pd.DataFrame, problem: str, preferred: int) -> int:
     return int(max(shared))
 
 
+def not_measured(skipped: list[str], problem: str) -> dict[str, list[str]]:
+    """Skip notes of ``problem`` (engine lines ``"<problem> x <estimator>: <reason>"``) grouped by reason,
+    each reason cut to its first clause with the leading ``estimator 'name'`` dropped."""
+    out: dict[str, list[str]] = {}
+    for line in skipped:
+        if not line.startswith(problem + " x "):
+            continue
+        estimator, _, reason = line[len(problem) + 3:].partition(": ")
+        reason = re.sub(rf"^estimator '{re.escape(estimator)}' ", "", reason.split(";")[0]).strip()
+        out.setdefault(reason, []).append(estimator)
+    return out
+
+
 def summary_markdown(results: pd.DataFrame, fits: pd.DataFrame, figures: dict[str, str], *, budget: int = RANK_BUDGET,
                      header: str = "", skipped: list[str] | None = None) -> str:
     """The text of ``summary.md``: ranking tables, fitted slopes and figures per problem."""
@@ -110,9 +124,9 @@ def summary_markdown(results: pd.DataFrame, fits: pd.DataFrame, figures: dict[st
         table = ranking_table(results, fits, problem, n_star)
         lines += [_markdown_table(table) if len(table) else "(no estimator at this budget)", ""]
         if skipped:
-            notes = [s[len(problem) + 3:] for s in skipped if s.startswith(problem + " x ")]
+            notes = not_measured(skipped, problem)
             if notes:
-                lines += ["Not measured: " + "; ".join(notes), ""]
+                lines += ["Not measured: " + "; ".join(f"{', '.join(ests)} ({why})" for why, ests in notes.items()), ""]
         f = fits[fits["problem"] == problem]
         slope = pd.DataFrame({
             "estimator": f["estimator"], "param": f["param"],

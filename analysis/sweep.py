@@ -193,5 +193,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="recompute every cell (default: reuse finished cells of an interrupted or earlier run)")
     p.set_defaults(func=run_sweep)
 
-    p = sub.add_parser("list", help="list problems (with options and defaults) and estimators")
+    p = sub.add_parser(
+        "list", help="list problems (with options and defaults) and estimators",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="List the registered problems, with their options and defaults, and the estimators.",
+        epilog="examples:\n"
+        "  gradnoise list\n"
+        "  gradnoise sweep --problem gaussian-cos:k=5 --estimator reinforce-loo --out cos.csv   # then use a name",
+    )
     p.set_defaults(func=run_list)

@@ -21,7 +21,7 @@ def test_command_modules_are_registered():
         assert module in cli.COMMAND_MODULES
 
 
-@pytest.mark.parametrize("command", [c for c in COMMANDS if c != "list"])
+@pytest.mark.parametrize("command", COMMANDS)
 def test_every_command_has_help_with_examples(command, capsys):
     with pytest.raises(SystemExit) as exit_:
         build_parser().parse_args([command, "--help"])
