@@ -107,7 +107,8 @@ def problem_figure(results: pd.DataFrame, fits: pd.DataFrame | None, problem: st
     params = sorted(df["param"].unique())
     colours = colours or palette(results["estimator"])
     sns.set_theme(style="whitegrid", context="notebook")
-    fig, axes = plt.subplots(len(params), 3, figsize=(17, 4.2 * len(params) + 0.8), squeeze=False)
+    height = 4.2 * len(params) + 0.8
+    fig, axes = plt.subplots(len(params), 3, figsize=(17, height), squeeze=False)
     for i, param in enumerate(params):
         sub = df[df["param"] == param]
         plot_variance(sub, fits, axes[i, 0], colours=colours, title=f"Variance vs N — param {param}")
@@ -119,7 +120,7 @@ def problem_figure(results: pd.DataFrame, fits: pd.DataFrame | None, problem: st
                               frameon=False, title="estimator / fit" if j < 2 else "estimator")
     fig.suptitle(f"{problem}: R = {int(df['replicates'].iloc[0])} replicates per point, bands = 95% CI of the variance, "
                  "dashed = weighted log-log power-law fit", fontsize=11)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / height))   # leave room for the suptitle
     return fig
 
 
