@@ -41,8 +41,10 @@ RANK_BUDGET = 100
 
 
 def _fmt(v, digits=3):
-    if v is None or (isinstance(v, float) and not np.isfinite(v)):
+    if v is None or (isinstance(v, float) and np.isnan(v)):
         return "–"
+    if isinstance(v, float) and np.isinf(v):
+        return "∞" if v > 0 else "−∞"
     return f"{v:.{digits}g}"
 
 
