@@ -5,10 +5,12 @@ of which breaks the leave-one-out baseline (it returns zero, so ``reinforce-loo`
 REINFORCE with a 1/(N-1) factor). It installs each commit into an environment of its own, runs
 the variance track benchmarks of both with ``asv run --set-commit-hash --record-samples``, and
 asks ``asv compare`` -- the same table and statistics (factor and Mann-Whitney U on the batch
-samples) that ``asv continuous`` exits non-zero on -- which benchmarks got worse.
+samples) that ``asv continuous`` exits non-zero on -- which benchmarks got worse, and
+``asv publish`` which regressions its step detection (with ``regressions_thresholds``) reports.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -164,3 +166,9 @@ def test_asv_flags_the_broken_baseline_and_nothing_else(tmp_path):
             for n in (10, 100)}
     assert must <= worse, sorted(must - worse)
     assert {e for _, e, _ in worse} == {"reinforce-loo"}
+
+    # `asv publish` detects steps in the history with the per-family regressions_thresholds.
+    _run([*asv, "publish"], repo, env)
+    published = json.loads((repo / CONFIG["html_dir"] / "regressions.json").read_text())
+    steps = {cell.search(entry[0]).groups() for entry in published["regressions"]}
+    assert {(p, e, int(n)) for p, e, n in steps} == must, sorted(steps)
