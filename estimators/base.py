@@ -145,6 +145,8 @@ class Problem(abc.ABC):
     spec: str
     params: dict[str, Tensor]
     is_model: bool = False
+    #: oracle truths may be cached on disk, keyed by spec (set for registered problems only)
+    cacheable_truth: bool = False
 
     @abc.abstractmethod
     def distribution(self, params: Params) -> Distribution: ...

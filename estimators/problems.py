@@ -12,7 +12,10 @@ dict of parameter tensors plus a cost; :class:`ModelProblem` takes an encoder an
 """
 from __future__ import annotations
 
+import hashlib
 import math
+import os
+from pathlib import Path
 from typing import Callable, Mapping
 
 import torch
@@ -39,22 +42,64 @@ def _autograd_truth(fn: Callable[[dict[str, Tensor]], Tensor], params: Params, k
     )
 
 
-def oracle_truth(problem: Problem, estimator_name: str, n: int, samples: int = ORACLE_SAMPLES) -> Truth:
-    """Mean and standard error of ``samples // n`` independent ``n``-sample estimates.
+ORACLE_BLOCK_ELEMENTS = 2**24   # estimates held in memory at once by an oracle (64 MB in float32)
 
-    Uses the measurement engine with a seed derived from the problem's spec, so the oracle does
-    not depend on the user's seed and is the same every time.
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("GRADNOISE_CACHE", Path.home() / ".cache" / "gradnoise")) / "oracles"
+
+
+def oracle_truth(problem: Problem, estimator_name: str, n: int, samples: int = ORACLE_SAMPLES) -> Truth:
+    """Mean and standard error of ``max(256, samples // n)`` independent ``n``-sample estimates.
+
+    Uses the measurement engine at seeds derived from the problem's spec (not the user's seed),
+    in blocks of at most :data:`ORACLE_BLOCK_ELEMENTS` numbers, accumulating the sum and the sum
+    of squares in float64, so memory does not grow with the number of estimates. Problems built
+    by :func:`~estimators.registry.make_problem` are deterministic functions of their spec, so
+    their oracles are cached on disk (``$GRADNOISE_CACHE/oracles``, default
+    ``~/.cache/gradnoise/oracles``), keyed by spec, estimator, n, samples and parameter values.
     """
     from .engine import replicate_estimates   # the engine imports problems' users, not vice versa
     from .registry import get_estimator
 
     replicates = max(256, samples // n)
-    est, _ = replicate_estimates(problem, get_estimator(estimator_name), n, replicates, seed=-1)
-    return Truth(
-        {k: g.mean(0) for k, g in est.items()},
-        "oracle",
-        {k: g.std(0) / math.sqrt(replicates) for k, g in est.items()},
-    )
+    path = None
+    if getattr(problem, "cacheable_truth", False):
+        key = hashlib.blake2b(digest_size=16)
+        key.update(f"{problem.spec}|{estimator_name}|{n}|{replicates}".encode())
+        for name, value in sorted(problem.params.items()):
+            key.update(name.encode() + value.detach().cpu().contiguous().numpy().tobytes())
+        path = _cache_dir() / f"{key.hexdigest()}.pt"
+        if path.exists():
+            saved = torch.load(path)
+            device = next(iter(problem.params.values())).device
+            return Truth({k: v.to(device) for k, v in saved["values"].items()}, "oracle",
+                         {k: v.to(device) for k, v in saved["se"].items()})
+    estimator = get_estimator(estimator_name)
+    block = max(2, min(replicates, ORACLE_BLOCK_ELEMENTS // max(1, problem.param_numel())))
+    total: dict[str, Tensor] = {}
+    squares: dict[str, Tensor] = {}
+    done = 0
+    for index, first in enumerate(range(0, replicates, block)):
+        size = max(2, min(block, replicates - first))
+        est, _ = replicate_estimates(problem, estimator, n, size, seed=-1 - index)
+        for k, g in est.items():
+            g = g.double()
+            total[k] = total.get(k, 0) + g.sum(0)
+            squares[k] = squares.get(k, 0) + g.square().sum(0)
+        done += size
+    mean = {k: total[k] / done for k in total}
+    var = {k: ((squares[k] - done * mean[k] ** 2) / (done - 1)).clamp_min(0) for k in total}
+    dtype = next(iter(problem.params.values())).dtype
+    truth = Truth({k: v.to(dtype) for k, v in mean.items()}, "oracle",
+                  {k: (var[k] / done).sqrt().to(dtype) for k in var})
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        torch.save({"values": {k: v.cpu() for k, v in truth.values.items()},
+                    "se": {k: v.cpu() for k, v in truth.se.items()}}, tmp)
+        os.replace(tmp, path)
+    return truth
 
 
 class ExpectationProblem(Problem):

@@ -160,6 +160,7 @@ def make_problem(spec: str | Problem, **options) -> Problem:
     entry, opts = _build(_PROBLEMS, "problem", spec, options)
     problem = entry.factory(**opts)
     problem.spec = canonical_spec(entry.name, opts, entry.defaults())
+    problem.cacheable_truth = True   # a registered problem is a deterministic function of its spec
     return problem
 
 
