@@ -139,7 +139,7 @@ def sweep_to_csv(
 
 def run_sweep(args: argparse.Namespace) -> int:
     explicit = bool(args.problem or args.estimator)
-    problems = args.problem or gn.problem_names()
+    problems = args.problem or gn.problem_names(default_sweep=True)
     estimators = args.estimator or gn.estimator_names()
     budgets = args.budget or list(DEFAULT_BUDGETS)
     skipped: list[str] = []
@@ -180,7 +180,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "resumable: each finished cell is appended to OUT.partial.jsonl; after Ctrl-C or a kill,\n"
         "re-running the same command computes only the missing cells. OUT is written atomically.",
     )
-    p.add_argument("--problem", action="append", metavar="P", help="problem name with options (repeatable; default: all)")
+    p.add_argument("--problem", action="append", metavar="P", help="problem name with options (repeatable; default: all but the trained digits-* models, which take minutes each)")
     p.add_argument("--estimator", action="append", metavar="E", help="estimator name (repeatable; default: all)")
     p.add_argument("--budget", action="append", type=int, metavar="N",
                    help=f"sample budget N (K for iwae) (repeatable; default: {' '.join(map(str, DEFAULT_BUDGETS))})")

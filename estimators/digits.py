@@ -317,7 +317,7 @@ class DigitsVAE(ModelProblem):
         return self._truths[objective]
 
 
-@register_problem("digits-vae")
+@register_problem("digits-vae", in_default_sweep=False)
 def digits_vae(*, latent: int = 8, hidden: int = 64, checkpoint: str = "end", seed: int = 0,
                points: int = 1, steps: int = 3000):
     """VAE on binarised sklearn digits (Gaussian latents, Bernoulli decoder, MLPs) frozen at a training checkpoint; truth by oracle."""
@@ -325,7 +325,7 @@ def digits_vae(*, latent: int = 8, hidden: int = 64, checkpoint: str = "end", se
                      points=points, steps=steps)
 
 
-@register_problem("digits-bernoulli-vae")
+@register_problem("digits-bernoulli-vae", in_default_sweep=False)
 def digits_bernoulli_vae(*, latent: int = 8, hidden: int = 64, checkpoint: str = "end", seed: int = 0,
                          points: int = 1, steps: int = 3000):
     """VAE on binarised sklearn digits with Bernoulli latents: score-function estimators only; ELBO truth by enumeration."""

@@ -26,6 +26,7 @@ class Entry:
     name: str
     factory: Callable[..., Any]
     summary: str
+    in_default_sweep: bool = True
 
     def defaults(self) -> dict[str, Any]:
         sig = inspect.signature(self.factory)
@@ -45,11 +46,11 @@ def _summary(obj: Any) -> str:
     return doc.strip().splitlines()[0] if doc.strip() else ""
 
 
-def _register(table: dict[str, Entry], kind: str, name: str):
+def _register(table: dict[str, Entry], kind: str, name: str, in_default_sweep: bool = True):
     def decorator(factory):
         if name in table:
             raise ValueError(f"{kind} {name!r} is already registered")
-        table[name] = Entry(name, factory, _summary(factory))
+        table[name] = Entry(name, factory, _summary(factory), in_default_sweep)
         return factory
 
     return decorator
@@ -60,9 +61,13 @@ def register_estimator(name: str):
     return _register(_ESTIMATORS, "estimator", name)
 
 
-def register_problem(name: str):
-    """Decorator: register a factory ``(*, option=default, ...) -> Problem``."""
-    return _register(_PROBLEMS, "problem", name)
+def register_problem(name: str, *, in_default_sweep: bool = True):
+    """Decorator: register a factory ``(*, option=default, ...) -> Problem``.
+
+    ``in_default_sweep=False`` keeps an expensive problem (one trained on data) out of the
+    commands' default grids; it is still used whenever named.
+    """
+    return _register(_PROBLEMS, "problem", name, in_default_sweep)
 
 
 def _convert(key: str, raw: str, default: Any, where: str) -> Any:
@@ -168,8 +173,9 @@ def estimator_names() -> list[str]:
     return list(_ESTIMATORS)
 
 
-def problem_names() -> list[str]:
-    return list(_PROBLEMS)
+def problem_names(*, default_sweep: bool = False) -> list[str]:
+    """Registered problem names; with ``default_sweep=True`` only those in default grids."""
+    return [n for n, e in _PROBLEMS.items() if e.in_default_sweep or not default_sweep]
 
 
 def estimator_entries() -> list[Entry]:
