@@ -1,4 +1,4 @@
-"""Shared statistical checks for the tests: unbiasedness with Holm correction, log-variance z."""
+"""Shared helpers for the tests: unbiasedness with Holm correction, and replaying fixed noise."""
 from __future__ import annotations
 
 import math
@@ -45,3 +45,19 @@ def is_unbiased(estimates, truth) -> tuple[bool, float]:
     """(no coordinate rejected by Holm at ALPHA, smallest p-value)."""
     p = bias_pvalues(estimates, truth)
     return not holm_reject(p).any(), float(p.min())
+
+
+def replay(estimator: str, problem: str, n: int, r: int = 3, seed: int = 7):
+    """Run an estimator on replicated leaves after seeding, then re-seed so the test can replay.
+
+    Returns ``(problem, detached leaves, detached estimates)``; the caller draws the same noise
+    the estimator drew (same calls, same order) and compares with a hand-derived formula.
+    """
+    import estimators as gn
+
+    est, prob = gn.get_estimator(estimator), gn.make_problem(problem)
+    params = gn.replicate(prob.params, (r,))
+    torch.manual_seed(seed)
+    grads = est(prob, params, n)
+    torch.manual_seed(seed)
+    return prob, {k: v.detach() for k, v in params.items()}, {k: v.detach() for k, v in grads.items()}

@@ -10,7 +10,7 @@ from torch.distributions import Bernoulli, Normal
 import estimators as gn
 from estimators.baselines import Baseline
 from estimators.engine import replicate_estimates
-from stat_checks import is_unbiased
+from stat_checks import is_unbiased, replay
 
 # the built-in problems that are cheap enough for every estimator x problem pair
 FAST_PROBLEMS = [
@@ -89,13 +89,7 @@ def test_variance_scales_as_one_over_n(estimator, problem):
 # ---------------------------------------------------------------------------------------------
 # exact: replay the noise and compare with hand-derived formulas
 # ---------------------------------------------------------------------------------------------
-def _run(estimator, problem, n, r=3, seed=7):
-    est, prob = gn.get_estimator(estimator), gn.make_problem(problem)
-    params = gn.replicate(prob.params, (r,))
-    torch.manual_seed(seed)
-    grads = est(prob, params, n)
-    torch.manual_seed(seed)
-    return prob, {k: v.detach() for k, v in params.items()}, grads
+_run = replay
 
 
 def test_exact_reparam_gaussian_quadratic():

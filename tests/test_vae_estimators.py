@@ -1,6 +1,7 @@
 """The IWAE family and VIMCO: unbiased (or detectably biased), and exact where they must be."""
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 
@@ -11,7 +12,7 @@ from torch.distributions import Bernoulli, Independent, Normal
 import estimators as gn
 from estimators.engine import replicate_estimates
 from estimators.vimco import leave_one_out_bounds
-from stat_checks import is_unbiased
+from stat_checks import is_unbiased, replay
 
 SEED = 20261125
 LGV = "linear-gaussian-vae:d=3,perturbation=0.2"   # small, and away from the optimum
@@ -71,14 +72,7 @@ class ExactPosteriorModel(gn.ModelProblem):
         return Normal(p["mu"], 1.0).log_prob(z).sum(-1) + Normal(z, 1.0).log_prob(self.X).sum(-1)
 
 
-def _replay(estimator, problem, n, r=4, seed=7):
-    """Estimates from replicated leaves after seeding; the leaves come back detached."""
-    est, prob = gn.get_estimator(estimator), gn.make_problem(problem)
-    params = gn.replicate(prob.params, (r,))
-    torch.manual_seed(seed)
-    grads = est(prob, params, n)
-    torch.manual_seed(seed)
-    return prob, {k: v.detach() for k, v in params.items()}, {k: v.detach() for k, v in grads.items()}
+_replay = functools.partial(replay, r=4)
 
 
 # ---------------------------------------------------------------------------------------------
