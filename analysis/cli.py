@@ -19,7 +19,8 @@ COMMAND_MODULES = [
     "analysis.studies",
 ]
 
-USER_ERRORS = (KeyError, ValueError, FileNotFoundError, FloatingPointError)
+#: errors that are the user's input or environment, printed as one line (exit 2), not a traceback
+USER_ERRORS = (KeyError, ValueError, OSError, FloatingPointError, MemoryError)
 
 
 def build_parser() -> argparse.ArgumentParser:

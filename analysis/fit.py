@@ -45,6 +45,23 @@ approximation
 (:math:`\log\mathrm{SNR} = \log|\bar g| - \tfrac12\log\hat v`, neglecting the covariance of the
 mean and the variance; for tensor parameters, whose SNR is a mean over coordinates, it is a rough
 approximation). Points with a zero or non-finite variance or SNR are left out of the fit.
+
+The SNR noise floor
+-------------------
+With R replicates the measured :math:`|\bar g|/\hat\sigma` cannot fall below the noise of the
+mean: for a true SNR of zero, :math:`\bar g/\hat\sigma \approx \mathcal N(0, 1/R)` and its
+absolute value has mean :math:`\sqrt{2/\pi}/\sqrt R` (:func:`snr_floor`). A point whose true SNR,
+:math:`|t|/\hat\sigma` from the row's truth and variance, is below :data:`FLOOR_Z`
+:math:`/\sqrt R` (its mean is within :data:`FLOOR_Z` standard errors of zero) measures that
+noise rather than the signal (:func:`at_snr_floor`); such points are left out of the SNR fit
+(``snr_floor_points`` counts them), drawn hollow over the floor in the SNR figure, and no claim
+is made from them.
+
+Claims need a check of the model: the flags ``b_differs_from_minus_one`` and
+``d_differs_from_half`` are raised only from fits of at least :data:`MIN_POINTS_FOR_CLAIM`
+points (with two points the power law cannot be checked, and the misfit scaling cannot apply).
+Duplicated rows (the same problem, estimator, param, N and seed twice) are refused: they would
+count one measurement twice and narrow the interval.
 """
 from __future__ import annotations
 
@@ -59,12 +76,16 @@ from .results import SWEEP_REQUIRED, read_csv, require_columns
 
 LEVEL = 0.95
 KEYS = ["problem", "estimator", "param"]
+#: a point is at the SNR noise floor when its mean is expected within this many standard errors of zero
+FLOOR_Z = 3.0
+#: fewest points from which a fit flags an exponent as differing from its i.i.d. value
+MIN_POINTS_FOR_CLAIM = 3
 #: columns of :func:`fit_curves`' output, in order
 FIT_COLUMNS = KEYS + [
     "a", "a_ci_low", "a_ci_high", "b", "b_ci_low", "b_ci_high", "r2", "n_points",
     "b_differs_from_minus_one", "b_p_minus_one", "chi2", "gof_p", "scale_factor",
     "c", "c_ci_low", "c_ci_high", "d", "d_ci_low", "d_ci_high", "snr_r2", "snr_n_points",
-    "d_differs_from_half", "x", "level",
+    "snr_floor_points", "d_differs_from_half", "x", "level",
 ]
 
 
@@ -134,6 +155,37 @@ def log_se_snr(results: pd.DataFrame) -> pd.Series:
         return np.sqrt(1.0 / (results["replicates"] * results["snr"] ** 2) + log_se_variance(results) ** 2 / 4)
 
 
+def snr_floor(replicates) -> np.ndarray:
+    r""":math:`\sqrt{2/\pi}/\sqrt R`: the mean of the measured SNR when the true SNR is zero."""
+    return np.sqrt(2 / np.pi) / np.sqrt(np.asarray(replicates, dtype=float))
+
+
+def at_snr_floor(results: pd.DataFrame) -> pd.Series:
+    r"""True for rows whose true SNR :math:`|t|/\hat\sigma` is below ``FLOOR_Z / sqrt(R)``.
+
+    Rows without a finite truth (results of other tools) are never marked.
+    """
+    if "truth" not in results.columns:
+        return pd.Series(False, index=results.index)
+    truth = pd.to_numeric(results["truth"], errors="coerce").abs()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        true_snr = truth / np.sqrt(results["variance"])
+    return (np.isfinite(truth) & (true_snr < FLOOR_Z / np.sqrt(results["replicates"]))).astype(bool)
+
+
+def check_duplicates(results: pd.DataFrame, x: str = "budget") -> None:
+    """Refuse rows that measure the same cell twice (same keys, N and seed): one clear error."""
+    cols = KEYS + [x] + (["seed"] if "seed" in results.columns else [])
+    dup = results.duplicated(cols, keep=False)
+    if dup.any():
+        first = results[dup].iloc[0]
+        raise ValueError(
+            f"results hold {int(dup.sum())} rows that repeat a cell ({', '.join(cols)}), e.g. "
+            f"{', '.join(f'{c}={first[c]}' for c in cols)}; a fit would count them twice. "
+            f"Drop the duplicates (or give the runs different seeds)"
+        )
+
+
 def fit_curves(
     results: pd.DataFrame, *, x: str = "budget", level: float = LEVEL, scale_by_misfit: bool = True,
 ) -> pd.DataFrame:
@@ -147,34 +199,41 @@ def fit_curves(
     require_columns(results, [c for c in SWEEP_REQUIRED if c != "seconds_per_estimate"] + [x], "results")
     if not 0 < level < 1:
         raise ValueError(f"level must be in (0, 1), got {level!r}")
+    check_duplicates(results, x)
     z = float(stats.norm.ppf(0.5 + level / 2))
-    df = results.assign(_se_var=log_se_variance(results), _se_snr=log_se_snr(results))
+    df = results.assign(_se_var=log_se_variance(results), _se_snr=log_se_snr(results),
+                        _floor=at_snr_floor(results))
     rows = []
     for key, g in df.groupby(KEYS, sort=False):
         g = g.sort_values(x)
         var = fit_power_law(g[x], g["variance"], g["_se_var"], level=level, scale_by_misfit=scale_by_misfit)
-        snr = fit_power_law(g[x], g["snr"], g["_se_snr"], level=level, scale_by_misfit=scale_by_misfit,
-                            bias_correct=False)
+        above = g[~g["_floor"]]
+        snr = fit_power_law(above[x], above["snr"], above["_se_snr"], level=level,
+                            scale_by_misfit=scale_by_misfit, bias_correct=False)
         row = dict(zip(KEYS, key))
         row.update({k: var[k] for k in ("a", "a_ci_low", "a_ci_high", "b", "b_ci_low", "b_ci_high",
                                         "r2", "n_points", "chi2", "gof_p", "scale_factor")})
         p_b = 2 * stats.norm.sf(abs(var["b"] + 1) / var["se_b"]) if var["se_b"] > 0 else np.nan
         row["b_p_minus_one"] = float(p_b)
-        row["b_differs_from_minus_one"] = bool(p_b < 1 - level) if np.isfinite(p_b) else False
+        row["b_differs_from_minus_one"] = (bool(p_b < 1 - level)
+                                           if np.isfinite(p_b) and var["n_points"] >= MIN_POINTS_FOR_CLAIM else False)
         row.update(c=snr["a"], c_ci_low=snr["a_ci_low"], c_ci_high=snr["a_ci_high"],
                    d=snr["b"], d_ci_low=snr["b_ci_low"], d_ci_high=snr["b_ci_high"],
-                   snr_r2=snr["r2"], snr_n_points=snr["n_points"])
+                   snr_r2=snr["r2"], snr_n_points=snr["n_points"], snr_floor_points=int(g["_floor"].sum()))
         row["d_differs_from_half"] = (bool(abs(snr["b"] - 0.5) > z * snr["se_b"])
-                                      if np.isfinite(snr["se_b"]) else False)
+                                      if np.isfinite(snr["se_b"]) and snr["n_points"] >= MIN_POINTS_FOR_CLAIM
+                                      else False)
         row.update(x=x, level=level)
         rows.append(row)
     return pd.DataFrame(rows, columns=FIT_COLUMNS)
 
 
 def run_fit(args: argparse.Namespace) -> int:
+    from .sweep import atomic_write_csv, check_output_file
+
+    check_output_file(args.out)
     results = read_csv(args.results, what=f"results CSV {args.results}")
     fits = fit_curves(results, x=args.x, level=args.level, scale_by_misfit=not args.no_misfit_scaling)
-    from .sweep import atomic_write_csv
 
     atomic_write_csv(fits, args.out)
     flagged = fits[fits["b_differs_from_minus_one"]]

@@ -28,6 +28,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
+from .fit import at_snr_floor, snr_floor  # noqa: E402
 from .results import FITS_REQUIRED, read_csv  # noqa: E402
 
 X_LABEL = "budget N (samples per estimate; K for iwae)"
@@ -85,9 +86,23 @@ def plot_variance(results: pd.DataFrame, fits: pd.DataFrame | None = None, ax=No
 
 
 def plot_snr(results: pd.DataFrame, fits: pd.DataFrame | None = None, ax=None, *, colours=None, title=None):
-    """SNR = |mean| / std of the N-sample estimate vs N (log-log), with the fitted c·N^d."""
-    return _lines(results, fits, ax, "snr", None, None, "c", "d", colours,
-                  title or "Signal-to-noise ratio vs budget", "SNR |mean|/std (dimensionless)", "d")
+    r"""SNR = |mean| / std of the N-sample estimate vs N (log-log), with the fitted c·N^d.
+
+    Points at the noise floor (:func:`analysis.fit.at_snr_floor`: their true SNR is too small for
+    R replicates to measure) are drawn hollow, and the floor :math:`\sqrt{2/\pi}/\sqrt R` as a grey
+    line: such points measure R, not the estimator, and the fit leaves them out.
+    """
+    ax = _lines(results, fits, ax, "snr", None, None, "c", "d", colours,
+                title or "Signal-to-noise ratio vs budget", "SNR |mean|/std (dimensionless)", "d")
+    floor = results[at_snr_floor(results) & np.isfinite(results["snr"]) & (results["snr"] > 0)]
+    if len(floor):
+        colours = colours or palette(results["estimator"])
+        ax.scatter(floor["budget"], floor["snr"], s=36, facecolors="white",
+                   edgecolors=[colours[e] for e in floor["estimator"]], zorder=3, label="at noise floor (not fitted)")
+        for r in sorted(results["replicates"].unique()):
+            ax.axhline(float(snr_floor(r)), color="grey", linestyle=":", linewidth=1,
+                       label=f"noise floor √(2/π)/√R, R = {int(r)}")
+    return ax
 
 
 def plot_efficiency(results: pd.DataFrame, ax=None, *, colours=None, title=None):
@@ -146,6 +161,9 @@ def plot_all(results: pd.DataFrame, fits: pd.DataFrame | None, out_dir: str, *, 
 
 
 def run_plot(args: argparse.Namespace) -> int:
+    from .sweep import check_output_dir
+
+    check_output_dir(args.out_dir)
     results = read_csv(args.results, what=f"results CSV {args.results}")
     fits = read_csv(args.fits, FITS_REQUIRED, what=f"fits CSV {args.fits}") if args.fits else None
     paths = plot_all(results, fits, args.out_dir, formats=tuple(args.format or ("png", "svg")))

@@ -32,7 +32,7 @@ import estimators as gn
 
 from . import fit as fit_mod
 from . import plot as plot_mod
-from .sweep import atomic_write_csv, sweep_to_csv
+from .sweep import atomic_write_csv, check_output_dir, sweep_to_csv
 
 #: the default sweep: every problem x every valid estimator, budgets over two decades
 REPORT_BUDGETS = (1, 3, 10, 30, 100)
@@ -156,8 +156,7 @@ def _git_head() -> str:
 
 def run_report(args: argparse.Namespace) -> int:
     start = time.perf_counter()
-    out_dir = args.out_dir
-    os.makedirs(out_dir, exist_ok=True)
+    out_dir = check_output_dir(args.out_dir)
     problems = args.problem or gn.problem_names(default_sweep=True)
     estimators = args.estimator or gn.estimator_names()
     budgets = sorted(args.budget or REPORT_BUDGETS)
@@ -165,9 +164,16 @@ def run_report(args: argparse.Namespace) -> int:
     grid = gn.engine.cells(problems, estimators, budgets, on_invalid="skip", skipped=skipped)
     if not grid:
         raise ValueError("no valid problem x estimator x budget combination")
+    rank_budget = args.rank_budget
+    if rank_budget is None:
+        rank_budget = RANK_BUDGET if RANK_BUDGET in budgets else budgets[-1]
+    elif rank_budget not in budgets:
+        raise ValueError(f"--rank-budget {rank_budget} is not among the budgets measured "
+                         f"({', '.join(map(str, budgets))}); choose one of them")
     sweep_path = os.path.join(out_dir, "sweep.csv")
-    results, computed = sweep_to_csv(grid, args.replicates, args.seed, sweep_path, progress=not args.quiet,
-                                     resume=not args.fresh)
+    outcome = sweep_to_csv(grid, args.replicates, args.seed, sweep_path, progress=not args.quiet,
+                           resume=not args.fresh)
+    results = outcome.results
     t_sweep = time.perf_counter() - start
     fits = fit_mod.fit_curves(results)
     atomic_write_csv(fits, os.path.join(out_dir, "fits.csv"))
@@ -178,11 +184,11 @@ def run_report(args: argparse.Namespace) -> int:
     figures = {p: f"figures/{plot_mod.slug(p)}.png" for p in results["problem"].unique()}
     wall = time.perf_counter() - start
     header = (f"Generated {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC at commit {_git_head()} by "
-              f"`gradnoise report` in {wall:.0f} s (sweep {t_sweep:.0f} s, {computed} of {len(grid)} cells computed now; "
+              f"`gradnoise report` in {wall:.0f} s (sweep {t_sweep:.0f} s, {outcome.describe()}; "
               f"plots {t_plot:.0f} s). Sweep: {len(results['problem'].unique())} problems, "
               f"{len(results['estimator'].unique())} estimators, budgets N = {', '.join(map(str, budgets))}, "
               f"R = {args.replicates} replicates per cell, seed {args.seed}. Files: `sweep.csv`, `fits.csv`, `figures/`.")
-    text = summary_markdown(results, fits, figures, budget=args.rank_budget, header=header, skipped=skipped)
+    text = summary_markdown(results, fits, figures, budget=rank_budget, header=header, skipped=skipped)
     tmp = os.path.join(out_dir, ".summary.md.tmp")
     with open(tmp, "w") as fh:
         fh.write(text)
@@ -213,8 +219,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    % " ".join(map(str, REPORT_BUDGETS)))
     p.add_argument("--replicates", type=int, default=REPORT_REPLICATES, metavar="R", help="replicates per cell (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="master seed (default: %(default)s)")
-    p.add_argument("--rank-budget", type=int, default=RANK_BUDGET, metavar="N",
-                   help="budget at which estimators are ranked (default: %(default)s)")
+    p.add_argument("--rank-budget", type=int, default=None, metavar="N",
+                   help=f"budget at which estimators are ranked, one of the budgets measured (default: {RANK_BUDGET} "
+                   "when measured, else the largest budget)")
     p.add_argument("--fresh", action="store_true", help="recompute every cell")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run_report)

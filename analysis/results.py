@@ -14,6 +14,8 @@ import pandas as pd
 #: columns every fit / plot / report needs from a sweep CSV
 SWEEP_REQUIRED = ("problem", "estimator", "param", "budget", "replicates", "variance",
                   "variance_ci_low", "variance_ci_high", "snr", "seconds_per_estimate")
+#: required columns that hold text; every other required column must be numeric
+TEXT_COLUMNS = ("problem", "estimator", "param")
 #: columns a fits CSV must have for plotting
 FITS_REQUIRED = ("problem", "estimator", "param", "a", "b")
 
@@ -33,7 +35,7 @@ def read_csv(path: str | os.PathLike, required: Iterable[str] = SWEEP_REQUIRED, 
     if os.path.isdir(path):
         raise ValueError(f"{path} is a directory, expected a CSV file")
     try:
-        df = pd.read_csv(path)
+        df = pd.read_csv(path, dtype={"code_version": str})
     except pd.errors.EmptyDataError:
         raise ValueError(f"{what} is empty") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as err:
@@ -41,4 +43,27 @@ def read_csv(path: str | os.PathLike, required: Iterable[str] = SWEEP_REQUIRED, 
     require_columns(df, required, what)
     if df.empty:
         raise ValueError(f"{what} has no rows")
+    check_values(df, required, what)
     return df
+
+
+def check_values(df: pd.DataFrame, required: Iterable[str], what: str) -> None:
+    """Refuse text in a numeric column and empty cells in required columns (a truncated file):
+    one ``ValueError`` naming the column and the first offending row (1-based, as in the file)."""
+    for column in required:
+        values = df[column]
+        if column in TEXT_COLUMNS:
+            bad = values.isna()
+        else:
+            numbers = pd.to_numeric(values, errors="coerce")
+            text = numbers.isna() & values.notna()
+            if text.any():
+                row = int(text.to_numpy().nonzero()[0][0])
+                raise ValueError(f"{what}: column {column!r} must be numeric, but row {row + 2} holds "
+                                 f"{values.iloc[row]!r}")
+            df[column] = numbers
+            bad = numbers.isna()
+        if bad.any():
+            row = int(bad.to_numpy().nonzero()[0][0])
+            raise ValueError(f"{what}: column {column!r} is empty in row {row + 2} "
+                             f"({int(bad.sum())} rows in all; a truncated file?)")

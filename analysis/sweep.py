@@ -2,15 +2,21 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import json
 import os
+import socket
 import sys
 import tempfile
+import time
+from dataclasses import dataclass
 
 import pandas as pd
 
 import estimators as gn
 from estimators import registry
+from estimators.provenance import code_version
 
 DEFAULT_BUDGETS = (1, 10, 100, 1000)
 DEFAULT_REPLICATES = 1000
@@ -45,23 +51,100 @@ def partial_path(out: str | os.PathLike) -> str:
     return os.fspath(out) + ".partial.jsonl"
 
 
+def lock_path(out: str | os.PathLike) -> str:
+    """The lock file a sweep holds while it writes ``out``."""
+    return os.fspath(out) + ".lock"
+
+
+def check_output_file(path: str | os.PathLike) -> str:
+    """Before computing anything: ``path`` names no folder, and its folder exists (created if
+    needed) and is writable. Returns the path; one-line ``ValueError`` otherwise."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise ValueError(f"output {path!r} is a folder; give a file name such as {os.path.join(path, 'sweep.csv')!r}")
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"cannot create the folder of {path!r}: {err.strerror}") from None
+    if not os.access(folder, os.W_OK):
+        raise ValueError(f"cannot write {path!r}: its folder {folder!r} is not writable")
+    return path
+
+
+def check_output_dir(path: str | os.PathLike) -> str:
+    """Before computing anything: ``path`` is a folder (created if needed) that can be written."""
+    path = os.fspath(path)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"output folder {path!r} is a file; give a folder name")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"cannot create the output folder {path!r}: {err.strerror}") from None
+    if not os.access(path, os.W_OK):
+        raise ValueError(f"cannot write into the output folder {path!r}: it is not writable")
+    return path
+
+
+@contextlib.contextmanager
+def output_lock(out: str | os.PathLike):
+    """Hold an exclusive lock on ``out`` (``flock`` on :func:`lock_path`) while a sweep writes it.
+
+    A second sweep to the same output fails at once with one line naming the running one (its
+    pid, host, start time and command), instead of both computing and one losing its sidecar.
+    The lock file is removed when the holder finishes; a holder that died (killed) releases the
+    lock with its process, and the next run takes it over.
+    """
+    path = lock_path(out)
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise ValueError(f"cannot write next to {os.fspath(out)!r}: {err.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise ValueError(f"{os.fspath(out)!r} is being written by another gradnoise run ({holder}); "
+                             f"wait for it to finish or choose another output") from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)                      # the previous holder removed the file meanwhile: retry
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (f"pid {os.getpid()} on {socket.gethostname()} since "
+                       f"{time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(sys.argv)}\n").encode(), 0)
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        os.close(fd)
+
+
 def _cell_key(problem: str, estimator: str, budget, replicates, seed) -> tuple:
     return (str(problem), str(estimator), int(budget), int(replicates), int(seed))
 
 
 def _finished_cells(out: str, replicates: int, seed: int) -> dict[tuple, list[dict]]:
-    """Cells already measured with the same replicates and seed: from ``out`` (a finished sweep)
-    and from its sidecar (an interrupted one). A torn last sidecar line (killed mid-write) is ignored."""
+    """Cells already measured with the same replicates and seed, whatever code measured them:
+    from ``out`` (a finished sweep) and from its sidecar (an interrupted one), the sidecar's
+    winning. A torn last sidecar line (killed mid-write) is ignored."""
     done: dict[tuple, list[dict]] = {}
     if os.path.isfile(out):
         try:
             old = pd.read_csv(out)
         except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError):
             old = pd.DataFrame()
-        if set(gn.COLUMNS) <= set(old.columns):
+        if {"problem", "estimator", "budget", "replicates", "seed"} <= set(old.columns):
             old = old[(old["replicates"] == replicates) & (old["seed"] == seed)]
+            old = old.reindex(columns=gn.COLUMNS)
             for key, g in old.groupby(["problem", "estimator", "budget"], sort=False):
-                done[_cell_key(*key, replicates, seed)] = g[gn.COLUMNS].to_dict("records")
+                done[_cell_key(*key, replicates, seed)] = g.to_dict("records")
     side = partial_path(out)
     if os.path.isfile(side):
         with open(side) as fh:
@@ -76,28 +159,69 @@ def _finished_cells(out: str, replicates: int, seed: int) -> dict[tuple, list[di
     return done
 
 
+@dataclass(frozen=True)
+class SweepOutcome:
+    """What :func:`sweep_to_csv` did: the rows (grid order) and how many cells it computed now,
+    reused (same code version) and recomputed because other code had computed them."""
+
+    results: pd.DataFrame
+    computed: int
+    reused: int
+    stale: int
+    stale_versions: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        """One line, e.g. ``12 cells: 2 computed now, 10 reused (same code 7086f487b454)``."""
+        total = self.computed + self.reused
+        parts = [f"{self.computed} computed now"]
+        if self.reused:
+            parts.append(f"{self.reused} reused from an earlier run of the same code ({code_version()})")
+        if self.stale:
+            was = ", ".join(v if isinstance(v, str) and v else "unrecorded" for v in self.stale_versions)
+            parts.append(f"{self.stale} of them recomputed because other code ({was}) had computed them")
+        return f"{total} cells: " + ", ".join(parts)
+
+
 def sweep_to_csv(
     grid, replicates: int, seed: int, out: str | os.PathLike, *, progress: bool = True, resume: bool = True,
-) -> tuple[pd.DataFrame, int]:
+) -> SweepOutcome:
     """Measure ``grid`` (from :func:`estimators.engine.cells`) into ``out``, resumably.
 
     Each finished cell is appended (one JSON line, flushed and fsynced) to
     :func:`partial_path` ``(out)``; the CSV is written atomically at the end
-    (:func:`atomic_write_csv`) and the sidecar removed. If the sweep is interrupted, re-running
-    it with ``resume=True`` reuses every finished cell (same problem, estimator, budget,
-    replicates and seed; cells are seeded independently, so the numbers are those of an
-    uninterrupted run) and computes only the missing ones. Returns the frame (in grid order)
-    and the number of cells computed now.
+    (:func:`atomic_write_csv`) and the sidecar removed. With ``resume=True`` a cell already in
+    ``out`` or its sidecar is reused only when it has the same problem, estimator, budget,
+    replicates and seed **and** was computed by the same code
+    (:func:`estimators.provenance.code_version`, recorded in each row): after a change of the
+    estimators' code every affected cell is computed anew, and :meth:`SweepOutcome.describe`
+    says how many were reused and why. Cells are seeded independently, so resumed numbers are
+    those of an uninterrupted run. The output is locked (:func:`output_lock`) while the sweep
+    runs, and checked writable before the first cell is computed.
     """
-    out = os.fspath(out)
+    out = check_output_file(out)
+    with output_lock(out):
+        return _sweep_locked(grid, replicates, seed, out, progress=progress, resume=resume)
+
+
+def _sweep_locked(grid, replicates, seed, out, *, progress, resume) -> SweepOutcome:
     side = partial_path(out)
-    done = _finished_cells(out, replicates, seed) if resume else {}
+    for problem in {id(p): p for p, _, _ in grid}.values():
+        gn.engine.check_memory(problem, replicates)
+    found = _finished_cells(out, replicates, seed) if resume else {}
     if not resume and os.path.exists(side):
         os.unlink(side)
+    version = code_version()
     keys = [_cell_key(p.spec, e.name, n, replicates, seed) for p, e, n in grid]
+    done = {k: rows for k, rows in found.items() if rows[0].get("code_version") == version}
+    stale_versions = tuple(sorted({str(found[k][0].get("code_version")) if isinstance(found[k][0].get("code_version"), str)
+                                   else "" for k in keys if k in found and k not in done}))
+    stale = sum(1 for k in keys if k in found and k not in done)
     todo = [cell for cell, key in zip(grid, keys) if key not in done]
-    if done and todo and progress:
-        print(f"resuming: {len(grid) - len(todo)} of {len(grid)} cells already done", file=sys.stderr)
+    reused = len(grid) - len(todo)
+    if progress and (reused or stale):
+        print(f"reusing {reused} of {len(grid)} cells computed by the same code; "
+              f"recomputing {stale} computed by other code" if stale else
+              f"resuming: {reused} of {len(grid)} cells already done by the same code", file=sys.stderr)
     iterator = gn.engine.iter_measure(todo, replicates, seed)
     # the bar advances by each cell's work, N x (event + param elements), so that its ETA holds
     # for grids whose cells differ by orders of magnitude; it shows the cell count and the cell
@@ -110,34 +234,42 @@ def sweep_to_csv(
         bar = tqdm(total=sum(work), desc="sweep", file=sys.stderr, dynamic_ncols=True,
                    bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}{postfix}]")
     computed = 0
+    fh = None
     try:
-        with open(side, "a") as fh:
-            for i, (problem, estimator, n) in enumerate(todo):
-                if bar is not None:
-                    bar.set_postfix_str(f"cell {i + 1}/{len(todo)}: {problem.spec} {estimator.name} N={n}")
-                rows = next(iterator)
-                fh.write(json.dumps(rows) + "\n")
-                fh.flush()
-                os.fsync(fh.fileno())
-                done[_cell_key(problem.spec, estimator.name, n, replicates, seed)] = rows
-                computed += 1
-                if bar is not None:
-                    bar.update(work[i])
+        for i, (problem, estimator, n) in enumerate(todo):
+            if bar is not None:
+                bar.set_postfix_str(f"cell {i + 1}/{len(todo)}: {problem.spec} {estimator.name} N={n}")
+            rows = next(iterator)
+            if fh is None:
+                fh = open(side, "a")
+            fh.write(json.dumps(rows) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+            done[_cell_key(problem.spec, estimator.name, n, replicates, seed)] = rows
+            computed += 1
+            if bar is not None:
+                bar.update(work[i])
     except KeyboardInterrupt:
         if bar is not None:
             bar.close()
-        print(f"interrupted: {len(done)} finished cells kept in {side}; re-run the same command to resume",
-              file=sys.stderr)
+        if computed:
+            print(f"interrupted: {computed} finished cells kept in {side}; re-run the same command to resume",
+                  file=sys.stderr)
         raise
+    finally:
+        if fh is not None:
+            fh.close()
     if bar is not None:
         bar.close()
     df = pd.DataFrame([row for key in keys for row in done[key]], columns=gn.COLUMNS)
     atomic_write_csv(df, out)
-    os.unlink(side)
-    return df, computed
+    if os.path.exists(side):
+        os.unlink(side)
+    return SweepOutcome(df, computed, reused, stale, stale_versions)
 
 
 def run_sweep(args: argparse.Namespace) -> int:
+    check_output_file(args.out)
     explicit = bool(args.problem or args.estimator)
     problems = args.problem or gn.problem_names(default_sweep=True)
     estimators = args.estimator or gn.estimator_names()
@@ -149,9 +281,9 @@ def run_sweep(args: argparse.Namespace) -> int:
             print(f"skipped: {line}", file=sys.stderr)
     if not grid:
         raise ValueError("no valid problem x estimator x budget combination:\n  " + "\n  ".join(skipped))
-    df, computed = sweep_to_csv(grid, args.replicates, args.seed, args.out, progress=not args.quiet,
-                                resume=not args.fresh)
-    print(f"wrote {len(df)} rows ({len(grid)} cells, {computed} computed now) to {args.out}")
+    outcome = sweep_to_csv(grid, args.replicates, args.seed, args.out, progress=not args.quiet,
+                           resume=not args.fresh)
+    print(f"wrote {len(outcome.results)} rows ({outcome.describe()}) to {args.out}")
     return 0
 
 

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import abc
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
@@ -91,6 +92,8 @@ class Truth:
             raise ValueError(f"truth kind must be one of {TRUTH_KINDS}, got {self.kind!r}")
         for name, value in self.values.items():
             self.se.setdefault(name, torch.zeros_like(value))
+            if not (all_finite(value) and all_finite(self.se[name])):
+                raise NonFiniteCostError(f"the {self.kind} true gradient of {name!r} is NaN or inf")
 
 
 def replicate(params: Params, leading: tuple[int, ...]) -> dict[str, Tensor]:
@@ -120,6 +123,15 @@ def all_finite(t: Tensor) -> bool:
     """True when no entry is NaN or inf (one reduction first; the elementwise check only if needed)."""
     with torch.no_grad():
         return bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())
+
+
+def _rng_devices(params: Params) -> list[int]:
+    device = next(iter(params.values())).device
+    return [device.index or 0] if device.type == "cuda" else []
+
+
+#: samples drawn by the one-off probes of :meth:`Problem.validate` and :meth:`Problem.sample_gradient_reason`
+PROBE_SAMPLES = 16
 
 
 def evaluate_cost(problem: "Problem", x: Tensor, params: Params) -> Tensor:
@@ -160,6 +172,69 @@ class Problem(abc.ABC):
     @property
     def name(self) -> str:
         return self.spec.split(":", 1)[0]
+
+    def validate(self) -> None:
+        """Check once that the problem can give finite numbers of the right shape; raise otherwise.
+
+        Every parameter must be a finite tensor, and on a probe of :data:`PROBE_SAMPLES` samples
+        from two replicates of the parameters (seeded, the caller's random stream untouched) the
+        cost must return a finite tensor of shape ``(samples, 2)``: one value per sample and
+        replicate, the event dimensions reduced. Raises ``ValueError`` (``TypeError`` for a cost
+        that returns no tensor) or :class:`NonFiniteCostError` naming the problem.
+        """
+        if self.__dict__.get("_validated"):
+            return
+        for name, value in self.params.items():
+            if not isinstance(value, Tensor):
+                raise TypeError(f"problem {self.spec!r}: parameter {name!r} must be a torch tensor, "
+                                f"got {type(value).__name__}")
+            if not all_finite(value):
+                raise ValueError(f"problem {self.spec!r}: parameter {name!r} is not finite: {value.tolist()}")
+        with torch.random.fork_rng(devices=_rng_devices(self.params)), torch.no_grad():
+            torch.manual_seed(0)
+            params = {k: v.detach().expand(2, *v.shape) for k, v in self.params.items()}
+            x = self.distribution(params).sample((PROBE_SAMPLES,))
+            f = self.cost(x, params)
+        if not isinstance(f, Tensor):
+            raise TypeError(f"problem {self.spec!r}: the cost must return a torch tensor, got {type(f).__name__}")
+        if tuple(f.shape) != (PROBE_SAMPLES, 2):
+            raise ValueError(
+                f"problem {self.spec!r}: the cost must return one value per sample, shape "
+                f"sample_shape + batch_shape = {(PROBE_SAMPLES, 2)} for samples of shape {tuple(x.shape)}, "
+                f"but returned shape {tuple(f.shape)} (reduce the event dimensions only, e.g. .sum(-1), "
+                f"not .sum())"
+            )
+        if not all_finite(f):
+            raise NonFiniteCostError(f"the cost of problem {self.spec!r} returned NaN or inf")
+        self._validated = True
+
+    def sample_gradient_reason(self) -> str | None:
+        r"""Why a pathwise estimator would be wrong here, or None when the cost's gradient is usable.
+
+        The pathwise estimator uses :math:`\nabla_x f(x)`. Probed once on :data:`PROBE_SAMPLES`
+        samples (seeded): a cost with no autograd path to ``x`` (``.detach()``, numpy, a cast)
+        gives no gradient, and a step function (``torch.round``, ``floor``, comparisons) gives
+        zero at every sample although :math:`\mathbb{E}[f]` varies; either way the pathwise
+        estimate would be exactly zero, which is wrong.
+        """
+        if "_sample_gradient_reason" not in self.__dict__:
+            with torch.random.fork_rng(devices=_rng_devices(self.params)):
+                torch.manual_seed(0)
+                params = {k: v.detach().unsqueeze(0) for k, v in self.params.items()}
+                with torch.no_grad():
+                    x = self.distribution(params).sample((PROBE_SAMPLES,))
+                x.requires_grad_(True)
+                with torch.enable_grad():
+                    f = self.cost(x, params)
+                    if not (isinstance(f, Tensor) and f.requires_grad):
+                        reason = "the cost has no autograd path to the sample (.detach(), numpy or a cast inside it?)"
+                    else:
+                        (g,) = torch.autograd.grad(f.sum(), x, allow_unused=True)
+                        reason = (None if g is not None and bool((g != 0).any()) else
+                                  f"the cost's gradient with respect to the sample is zero at all "
+                                  f"{PROBE_SAMPLES} probe samples (a step function such as torch.round?)")
+            self._sample_gradient_reason = reason
+        return self._sample_gradient_reason
 
     def event_numel(self) -> int:
         """Number of elements of one sample (used to size memory chunks)."""
@@ -212,10 +287,11 @@ class GradientEstimator(abc.ABC):
 
     def check(self, problem: Problem, n: int) -> None:
         """Raise a clear error if this estimator cannot run on ``problem`` at budget ``n``."""
-        if isinstance(n, bool) or not isinstance(n, int) or n < self.min_budget:
+        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < self.min_budget:
             raise ValueError(
                 f"estimator {self.name!r} needs an integer budget N >= {self.min_budget}, got {n!r}"
             )
+        problem.validate()
         if self.needs_model and not problem.is_model:
             raise EstimatorNotApplicable(
                 f"estimator {self.name!r} needs a model problem (a log joint and an encoder); "
@@ -228,6 +304,13 @@ class GradientEstimator(abc.ABC):
                     f"estimator {self.name!r} is pathwise and needs rsample, but the distribution "
                     f"{type(dist).__name__} of problem {problem.spec!r} has no rsample "
                     f"(has_rsample=False); use a score-function estimator such as 'reinforce'"
+                )
+            reason = problem.sample_gradient_reason()
+            if reason is not None:
+                raise EstimatorNotApplicable(
+                    f"estimator {self.name!r} is pathwise and needs the gradient of the cost with respect "
+                    f"to the sample, but for problem {problem.spec!r} {reason}; use a score-function "
+                    f"estimator such as 'reinforce'"
                 )
 
     def prepare(self, problem: Problem, params: Params, n: int) -> Any:

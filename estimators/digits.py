@@ -28,7 +28,8 @@ The MLPs are written functionally so that every weight may carry leading replica
 
 Training is seeded (initialisation, minibatches and latent noise all derive from ``seed``;
 Adam, learning rate 3e-3, minibatches of 100, ``steps`` steps) and cached on disk, keyed by its
-settings, under ``$GRADNOISE_CACHE/digits`` (default ``~/.cache/gradnoise/digits``), one file
+settings and by a hash of this module's source and torch's version (a change of the model or
+its training trains anew), under ``$GRADNOISE_CACHE/digits`` (default ``~/.cache/gradnoise/digits``), one file
 holding the ``start`` (initialisation), ``middle`` (``steps // 2``) and ``end`` checkpoints; a
 second run loads the file and does not retrain.
 
@@ -54,6 +55,7 @@ from torch import Tensor
 from torch.distributions import Bernoulli, Independent, Normal
 
 from .base import Objective, Params, Truth
+from .provenance import source_hash
 from .problems import ORACLE_SAMPLES, ModelProblem, _autograd_truth, oracle_truth
 from .registry import register_problem
 
@@ -227,7 +229,8 @@ def _train_steps(kind, data, params, optimiser, steps, gen, saved, snapshot) -> 
 def checkpoint_path(kind: str, latent: int, hidden: int, steps: int, seed: int) -> Path:
     return cache_dir() / (
         f"digits-{kind}-latent{latent}-hidden{hidden}-steps{steps}-seed{seed}"
-        f"-lr{LEARNING_RATE:g}-batch{MINIBATCH}-v{CACHE_FORMAT}.pt"
+        f"-lr{LEARNING_RATE:g}-batch{MINIBATCH}-v{CACHE_FORMAT}"
+        f"-code{source_hash(__file__, extra=f'torch {torch.__version__}')}.pt"
     )
 
 

@@ -19,6 +19,7 @@ Same seed, same numbers, bitwise, on the CPU (for the same ``max_elements``).
 from __future__ import annotations
 
 import hashlib
+import numbers
 import time
 from typing import Iterable, Iterator, Sequence
 
@@ -28,12 +29,13 @@ from torch import Tensor
 
 from . import statistics
 from .base import all_finite, EstimatorNotApplicable, GradientEstimator, NonFiniteCostError, Problem, replicate
+from .provenance import code_version
 from .registry import get_estimator, make_problem
 
 COLUMNS = [
     "problem", "estimator", "param", "budget", "replicates", "seed", "truth", "truth_kind",
     "truth_se", "mean", "bias", "bias_z", "variance", "variance_ci_low", "variance_ci_high",
-    "snr", "mse", "seconds_per_estimate", "cost_evals", "bias_p", "coords",
+    "snr", "mse", "seconds_per_estimate", "cost_evals", "bias_p", "coords", "code_version",
 ]
 MAX_ELEMENTS = 2**22
 
@@ -44,12 +46,51 @@ def cell_seed(seed: int, problem: str, estimator: str, budget: int) -> int:
     return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1
 
 
+def _is_count(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def _check_counts(budget, replicates) -> None:
-    if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
-        raise ValueError(f"budget N must be an integer >= 1, got {budget!r}")
-    if isinstance(replicates, bool) or not isinstance(replicates, int) or replicates < 2:
+    if not _is_count(budget) or budget < 1:
+        raise ValueError(f"budget N must be an integer >= 1 (a Python or numpy int), got {budget!r} "
+                         f"({type(budget).__name__})")
+    if not _is_count(replicates) or replicates < 2:
         raise ValueError(
             f"replicates R must be an integer >= 2 (a variance needs two estimates), got {replicates!r}"
+        )
+
+
+#: bytes per estimated number a cell holds at once: the float32 estimates, then summarising makes
+#: a float64 copy, its deviations from the mean and their squares
+BYTES_PER_ESTIMATE = 4 + 3 * 8
+
+
+def available_memory() -> int | None:
+    """Bytes the kernel says it can give without swapping (``MemAvailable``), None if unknown."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_memory(problem: Problem, replicates: int) -> None:
+    """Refuse, with one line, a cell whose estimates alone would not fit in memory.
+
+    The engine holds the ``R x P`` estimates (P the problem's parameter count) and, while
+    summarising, float64 copies of one parameter at a time; the sample-sized work of a chunk is
+    bounded by ``max_elements`` whatever R, so the estimates are what grows with R.
+    """
+    need = replicates * problem.param_numel() * BYTES_PER_ESTIMATE
+    have = available_memory()
+    if have is not None and need > have:
+        raise MemoryError(
+            f"problem {problem.spec!r} with R = {replicates} replicates needs about {need / 2**30:.1f} GiB "
+            f"for its {problem.param_numel()} x R estimates alone, more than the {have / 2**30:.1f} GiB "
+            f"available; use fewer replicates"
         )
 
 
@@ -76,14 +117,15 @@ def replicate_estimates(
     """
     _check_counts(budget, replicates)
     estimator.check(problem, budget)
+    check_memory(problem, replicates)
     device = next(iter(problem.params.values())).device
     devices = [device.index or 0] if device.type == "cuda" else []
     step = chunk_size(problem, budget, replicates, max_elements)
-    chunks: list[dict[str, Tensor]] = []
+    out: dict[str, Tensor] = {}
     where = f"problem {problem.spec!r}, estimator {estimator.name!r}, budget {budget}"
     start = time.perf_counter()
     with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(cell_seed(seed, problem.spec, estimator.name, budget))
+        torch.manual_seed(cell_seed(seed, problem.spec, estimator.name, int(budget)))
         for first in range(0, replicates, step):
             params = replicate(problem.params, (min(step, replicates - first),))
             try:
@@ -97,11 +139,16 @@ def replicate_estimates(
             for name, g in grads.items():
                 if not all_finite(g):
                     raise NonFiniteCostError(f"{where}: the gradient estimate of {name!r} is NaN or inf")
-            chunks.append({k: g.detach() for k, g in grads.items()})
+                # one preallocated buffer per parameter: no per-chunk tensors left between the
+                # chunks' large temporaries, which would fragment the heap (RSS grew with R)
+                if name not in out:
+                    out[name] = torch.empty((replicates, *g.shape[1:]), dtype=g.dtype, device=g.device)
+                out[name][first:first + g.shape[0]] = g.detach()
+            del grads, params, state
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
-    return {k: torch.cat([c[k] for c in chunks]) for k in chunks[0]}, seconds
+    return out, seconds
 
 
 def summarise_estimates(
@@ -126,6 +173,7 @@ def summarise_estimates(
             "problem": problem.spec, "estimator": estimator.name, "param": label, "budget": budget,
             "replicates": replicates, "seed": seed, "truth_kind": truth.kind,
             "seconds_per_estimate": seconds / replicates, "cost_evals": estimator.cost_evals(budget),
+            "code_version": code_version(),
         }
         row.update(statistics.summarise(
             flat(estimates, names, (replicates,)), flat(truth.values, names, ()), flat(truth.se, names, ())
@@ -145,6 +193,19 @@ def measure_cell(
     return summarise_estimates(problem, estimator, budget, seed, estimates, seconds)
 
 
+def check_device(device: str | torch.device) -> torch.device:
+    """``device`` as a ``torch.device``, or one clear ``ValueError`` when it is unknown or absent."""
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"unknown device {device!r} ({str(err).splitlines()[0]}); use 'cpu' or 'cuda'") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {str(device)!r} requested, but torch finds no CUDA device on this machine; use 'cpu'")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {str(device)!r} is not supported; use 'cpu' or 'cuda'")
+    return device
+
+
 def cells(
     problems: Iterable[str | Problem], estimators: Iterable[str | GradientEstimator],
     budgets: Iterable[int], *, device: str | torch.device = "cpu", on_invalid: str = "raise",
@@ -157,11 +218,18 @@ def cells(
     """
     if on_invalid not in ("raise", "skip"):
         raise ValueError(f"on_invalid must be 'raise' or 'skip', got {on_invalid!r}")
+    device = check_device(device)
+    for what, items, cls in (("problems", problems, Problem), ("estimators", estimators, GradientEstimator)):
+        for item in items:
+            if not isinstance(item, (str, cls)):
+                raise TypeError(f"{what} must be names (str, with options as 'name:key=value') or "
+                                f"{cls.__name__} objects, got {item!r} ({type(item).__name__})")
     probs = [make_problem(p).to(device) for p in problems]
     ests = [get_estimator(e) for e in estimators]
     budgets = list(budgets)
     for n in budgets:
         _check_counts(n, 2)
+    budgets = [int(n) for n in budgets]
     out = []
     for problem in probs:
         for estimator in ests:
@@ -207,10 +275,22 @@ def measure(
     Problems and estimators are names (with options) or objects; ``device`` is ``"cpu"`` by
     default (``"cuda"`` where present). Invalid combinations raise unless ``on_invalid="skip"``.
     """
-    one = lambda v, cls: [v] if isinstance(v, (str, cls)) else list(v)  # noqa: E731
+    def one(value, cls, what):
+        if isinstance(value, (str, cls)):
+            return [value]
+        try:
+            return list(value)
+        except TypeError:
+            raise TypeError(f"{what} must be a name, a {cls.__name__} or a list of them, got {value!r} "
+                            f"({type(value).__name__})") from None
+
     _check_counts(1, replicates)
-    grid = cells(one(problems, Problem), one(estimators, GradientEstimator),
-                 [budgets] if isinstance(budgets, int) else budgets, device=device, on_invalid=on_invalid)
+    if _is_count(budgets):
+        budgets = [budgets]
+    elif isinstance(budgets, (str, bytes)) or not isinstance(budgets, Iterable):
+        raise TypeError(f"budgets must be an integer or a list of integers, got {budgets!r} ({type(budgets).__name__})")
+    grid = cells(one(problems, Problem, "problems"), one(estimators, GradientEstimator, "estimators"),
+                 budgets, device=device, on_invalid=on_invalid)
     rows: list[dict] = []
     iterator = iter_measure(grid, replicates, seed, max_elements=max_elements)
     if progress:

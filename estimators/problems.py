@@ -23,6 +23,7 @@ from torch import Tensor
 from torch.distributions import Bernoulli, Distribution, Independent, Normal
 
 from .base import Objective, Params, Problem, Truth, evaluate_cost
+from .provenance import code_version
 from .registry import register_problem
 
 ORACLE_SAMPLES = 2**20
@@ -46,7 +47,7 @@ ORACLE_BLOCK_ELEMENTS = 2**24   # estimates held in memory at once by an oracle 
 
 
 def _cache_dir() -> Path:
-    return Path(os.environ.get("GRADNOISE_CACHE", Path.home() / ".cache" / "gradnoise")) / "oracles"
+    return Path(os.environ.get("GRADNOISE_CACHE") or Path.home() / ".cache" / "gradnoise") / "oracles"
 
 
 def oracle_truth(problem: Problem, estimator_name: str, n: int, samples: int = ORACLE_SAMPLES) -> Truth:
@@ -57,7 +58,8 @@ def oracle_truth(problem: Problem, estimator_name: str, n: int, samples: int = O
     of squares in float64, so memory does not grow with the number of estimates. Problems built
     by :func:`~estimators.registry.make_problem` are deterministic functions of their spec, so
     their oracles are cached on disk (``$GRADNOISE_CACHE/oracles``, default
-    ``~/.cache/gradnoise/oracles``), keyed by spec, estimator, n, samples and parameter values.
+    ``~/.cache/gradnoise/oracles``), keyed by spec, estimator, n, samples, parameter values and
+    :func:`~estimators.provenance.code_version` (a change of the code computes them anew).
     """
     from .engine import replicate_estimates   # the engine imports problems' users, not vice versa
     from .registry import get_estimator
@@ -66,12 +68,12 @@ def oracle_truth(problem: Problem, estimator_name: str, n: int, samples: int = O
     path = None
     if getattr(problem, "cacheable_truth", False):
         key = hashlib.blake2b(digest_size=16)
-        key.update(f"{problem.spec}|{estimator_name}|{n}|{replicates}".encode())
+        key.update(f"{problem.spec}|{estimator_name}|{n}|{replicates}|{code_version()}".encode())
         for name, value in sorted(problem.params.items()):
             key.update(name.encode() + value.detach().cpu().contiguous().numpy().tobytes())
         path = _cache_dir() / f"{key.hexdigest()}.pt"
         if path.exists():
-            saved = torch.load(path)
+            saved = torch.load(path, weights_only=True)
             device = next(iter(problem.params.values())).device
             return Truth({k: v.to(device) for k, v in saved["values"].items()}, "oracle",
                          {k: v.to(device) for k, v in saved["se"].items()})
@@ -102,6 +104,13 @@ def oracle_truth(problem: Problem, estimator_name: str, n: int, samples: int = O
     return truth
 
 
+def _oracle_estimator(problem: Problem) -> str:
+    """``reparam`` where it is valid (rsample and a cost with a usable sample gradient), else
+    ``reinforce-loo``: an oracle is never computed from an all-zero pathwise gradient."""
+    usable = problem.distribution(problem.params).has_rsample and problem.sample_gradient_reason() is None
+    return "reparam" if usable else "reinforce-loo"
+
+
 class ExpectationProblem(Problem):
     r"""Bring your own: :math:`\nabla_\phi \mathbb{E}_{q_\phi}[f(x)]` for any distribution family.
 
@@ -112,7 +121,8 @@ class ExpectationProblem(Problem):
 
     Truth, in order of preference: ``expected_cost(params)`` (closed form, differentiated by
     autograd), exact enumeration when the distribution has ``enumerate_support``, else an oracle
-    from ``reparam`` (with ``rsample``) or ``reinforce-loo``.
+    from ``reparam`` (with ``rsample`` and a cost whose gradient in ``x`` is usable: see
+    :meth:`~estimators.base.Problem.sample_gradient_reason`) or ``reinforce-loo``.
     """
 
     def __init__(
@@ -136,6 +146,7 @@ class ExpectationProblem(Problem):
                 f"parameters has batch shape {tuple(dist.batch_shape)}; it must be () "
                 f"(wrap vector-valued distributions in torch.distributions.Independent)"
             )
+        self.validate()
 
     def distribution(self, params):
         return self.family(**params)
@@ -162,8 +173,7 @@ class ExpectationProblem(Problem):
                 return (d.log_prob(support).exp() * evaluate_cost(self, support, leaves)).sum()
 
             return _autograd_truth(exact, self.params, "enumeration")
-        name = "reparam" if dist.has_rsample else "reinforce-loo"
-        return oracle_truth(self, name, 1000, self.oracle_samples)
+        return oracle_truth(self, _oracle_estimator(self), 1000, self.oracle_samples)
 
 
 class ModelProblem(Problem):
@@ -207,7 +217,7 @@ class ModelProblem(Problem):
             if objective == Objective() and self.elbo is not None:
                 truth = _autograd_truth(self.elbo, self.params, "closed-form")
             elif objective == Objective():
-                truth = oracle_truth(self, "reparam", 1000, self.oracle_samples)
+                truth = oracle_truth(self, _oracle_estimator(self), 1000, self.oracle_samples)
             elif objective.kind == "iwae":
                 truth = oracle_truth(self, "iwae-dreg", objective.k, self.oracle_samples)
             else:

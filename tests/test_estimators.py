@@ -218,8 +218,16 @@ def test_unknown_estimator_option():
         gn.get_estimator("reinforce-ema:gamma=0.5")
 
 
-def test_nonfinite_cost_names_problem_estimator_and_budget():
-    prob = gn.ExpectationProblem(Normal, {"loc": 0.0, "scale": 1.0}, lambda x: torch.log(x),
-                                 name="log-of-normal", expected_cost=lambda p: p["loc"])
-    with pytest.raises(gn.NonFiniteCostError, match=r"log-of-normal.*reinforce.*budget 7"):
-        gn.measure(prob, "reinforce", 7, replicates=10)
+def test_nonfinite_cost_is_refused_when_the_problem_is_built():
+    with pytest.raises(gn.NonFiniteCostError, match=r"log-of-normal"):
+        gn.ExpectationProblem(Normal, {"loc": 0.0, "scale": 1.0}, lambda x: torch.log(x),
+                              name="log-of-normal", expected_cost=lambda p: p["loc"])
+
+
+def test_rare_nonfinite_cost_names_problem_estimator_and_budget():
+    """NaN beyond |x| > 3.5 (probability 5e-4): the construction probe passes, the sweep does not."""
+    prob = gn.ExpectationProblem(Normal, {"loc": 0.0, "scale": 1.0},
+                                 lambda x: torch.where(x.abs() > 3.5, torch.nan, x),
+                                 name="rarely-nan", expected_cost=lambda p: p["loc"])
+    with pytest.raises(gn.NonFiniteCostError, match=r"rarely-nan.*reinforce.*budget 7"):
+        gn.measure(prob, "reinforce", 7, replicates=1000)
