@@ -67,9 +67,18 @@ def check_output_file(path: str | os.PathLike) -> str:
         os.makedirs(folder, exist_ok=True)
     except OSError as err:
         raise ValueError(f"cannot create the folder of {path!r}: {err.strerror}") from None
-    if not os.access(folder, os.W_OK):
-        raise ValueError(f"cannot write {path!r}: its folder {folder!r} is not writable")
+    _probe_write(folder, f"cannot write {path!r}")
     return path
+
+
+def _probe_write(folder: str, what: str) -> None:
+    """Create and remove a file in ``folder`` (permissions, read-only file systems, quotas)."""
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".gradnoise-write-probe.", dir=folder)
+    except OSError as err:
+        raise ValueError(f"{what}: {err.strerror} (folder {folder!r})") from None
+    os.close(fd)
+    os.unlink(probe)
 
 
 def check_output_dir(path: str | os.PathLike) -> str:
@@ -81,8 +90,7 @@ def check_output_dir(path: str | os.PathLike) -> str:
         os.makedirs(path, exist_ok=True)
     except OSError as err:
         raise ValueError(f"cannot create the output folder {path!r}: {err.strerror}") from None
-    if not os.access(path, os.W_OK):
-        raise ValueError(f"cannot write into the output folder {path!r}: it is not writable")
+    _probe_write(path, f"cannot write into the output folder {path!r}")
     return path
 
 

@@ -197,8 +197,8 @@ def check_device(device: str | torch.device) -> torch.device:
     """``device`` as a ``torch.device``, or one clear ``ValueError`` when it is unknown or absent."""
     try:
         device = torch.device(device)
-    except (RuntimeError, TypeError) as err:
-        raise ValueError(f"unknown device {device!r} ({str(err).splitlines()[0]}); use 'cpu' or 'cuda'") from None
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown device {device!r}; use 'cpu' or 'cuda'") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {str(device)!r} requested, but torch finds no CUDA device on this machine; use 'cpu'")
     if device.type not in ("cpu", "cuda"):
