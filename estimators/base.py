@@ -29,9 +29,12 @@ batched parameters because ``torch.distributions`` sampling and argument validat
 under ``vmap``. The measurement engine (:mod:`estimators.engine`) builds the leaves, seeds the
 random stream and turns estimates into statistics; no estimator computes a mean or a variance.
 
-Capabilities are declared and checked: ``pathwise`` estimators need ``has_rsample``,
-``needs_model`` estimators need a problem with a log joint and an encoder, and ``min_budget``
-bounds ``n`` from below. :meth:`GradientEstimator.check` raises a clear error otherwise.
+Capabilities are declared and checked: ``pathwise`` estimators need ``has_rsample`` and a cost
+whose gradient in the sample is usable (:meth:`Problem.sample_gradient_reason`), ``needs_model``
+estimators need a problem with a log joint and an encoder, and ``min_budget`` bounds ``n`` from
+below. :meth:`GradientEstimator.check` raises a clear error otherwise, after
+:meth:`Problem.validate` has checked once that the parameters are finite and the cost returns one
+finite value per sample.
 """
 from __future__ import annotations
 
