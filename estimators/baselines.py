@@ -4,9 +4,11 @@ A baseline is a small object in the style of optax's ``(init, update)`` pairs:
 
 * ``init(problem, params, n) -> state``: any work done before measuring (a warm-up, a pilot
   batch). ``params`` are the replicated leaves, so the state is per replicate.
-* ``value(state, f) -> b``: the baseline for a batch of costs ``f`` of shape ``(n, R)``. Either a
-  tensor broadcastable to ``(n, R)`` (one scalar per sample or per replicate), or a dict mapping
-  parameter names to ``(R, *param_shape)`` (one constant per coordinate).
+* ``value(state, f) -> ControlVariate``: the baseline for a batch of costs ``f`` of shape
+  ``(n, R)``: ``per_sample``, a tensor broadcastable to ``(n, R)`` (one scalar per sample or per
+  replicate, subtracted from each cost), and ``per_coordinate``, a dict mapping parameter names
+  to ``(R, *param_shape)`` (one constant per coordinate, multiplying that coordinate's mean
+  score); either part may be empty (zero).
 * ``update(state, f) -> state``: the new state after seeing ``f`` (stateless baselines return it
   unchanged).
 
@@ -18,12 +20,25 @@ leave-one-out: the other samples; optimal: an independent pilot batch).
 from __future__ import annotations
 
 import abc
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from .base import Params, Problem, evaluate_cost, replicate, grad_of
+
+
+@dataclass(frozen=True)
+class ControlVariate:
+    r"""What a baseline subtracts: :math:`\hat g_d = \frac1n\sum_i (f_i - b_i - c_d)\,\partial_d \log q(x_i)`.
+
+    ``per_sample`` holds :math:`b_i` (broadcastable to ``(n, R)``), ``per_coordinate`` holds
+    :math:`c_d` for the parameters it names (each ``(R, *param_shape)``).
+    """
+
+    per_sample: Tensor | float = 0.0
+    per_coordinate: dict[str, Tensor] = field(default_factory=dict)
 
 
 class Baseline(abc.ABC):
@@ -34,7 +49,7 @@ class Baseline(abc.ABC):
         return None
 
     @abc.abstractmethod
-    def value(self, state: Any, f: Tensor) -> Tensor | dict[str, Tensor]: ...
+    def value(self, state: Any, f: Tensor) -> ControlVariate: ...
 
     def update(self, state: Any, f: Tensor) -> Any:
         return state
@@ -74,7 +89,7 @@ class MovingAverage(Baseline):
         return state
 
     def value(self, state, f):
-        return state  # (R,), broadcast over the n samples
+        return ControlVariate(per_sample=state)  # (R,), broadcast over the n samples
 
     def update(self, state, f):
         return self.beta * state + (1.0 - self.beta) * f.detach().mean(0)
@@ -90,6 +105,11 @@ class LeaveOneOut(Baseline):
     min_budget = 2
 
     def value(self, state, f):
+        return ControlVariate(per_sample=self.mean_of_others(f))
+
+    @staticmethod
+    def mean_of_others(f: Tensor) -> Tensor:
+        """:math:`\frac{1}{n-1}\sum_{j\ne i} f_j` for each sample ``i`` of ``f`` ``(n, R)``."""
         n = f.shape[0]
         return (f.sum(0, keepdim=True) - f) / (n - 1)
 
@@ -135,4 +155,4 @@ class OptimalConstant(Baseline):
         return state
 
     def value(self, state, f):
-        return state
+        return ControlVariate(per_coordinate=state)

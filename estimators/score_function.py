@@ -16,7 +16,7 @@ when it is independent of the sample it multiplies (Williams 1992).
 from __future__ import annotations
 
 from .base import GradientEstimator, Problem, evaluate_cost, grad_of
-from .baselines import Baseline, LeaveOneOut, MovingAverage, OptimalConstant
+from .baselines import Baseline, ControlVariate, LeaveOneOut, MovingAverage, OptimalConstant
 from .registry import register_estimator
 
 
@@ -42,12 +42,13 @@ class ScoreFunction(GradientEstimator):
         x = dist.sample((n,))                     # (n, R, *event), no gradient path
         log_q = dist.log_prob(x)                  # (n, R)
         f = evaluate_cost(problem, x, params)     # (n, R); direct dependence on params kept
-        b = self.baseline.value(state, f.detach()) if self.baseline else 0.0
-        if isinstance(b, dict):                   # one constant per coordinate
-            g = grad_of((f.detach() * log_q + f).mean(0), params, retain_graph=True)
+        cv = self.baseline.value(state, f.detach()) if self.baseline else ControlVariate()
+        g = grad_of(((f.detach() - cv.per_sample) * log_q + f).mean(0), params,
+                    retain_graph=bool(cv.per_coordinate))
+        if cv.per_coordinate:
             score = grad_of(log_q.mean(0), params)
-            return {k: g[k] - b[k] * score[k] for k in g}
-        return grad_of(((f.detach() - b) * log_q + f).mean(0), params)
+            g = {k: g[k] - cv.per_coordinate[k] * score[k] if k in cv.per_coordinate else g[k] for k in g}
+        return g
 
 
 @register_estimator("reinforce")
