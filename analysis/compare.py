@@ -282,7 +282,7 @@ def run_compare(args: argparse.Namespace) -> int:
     results_dir = args.results_dir or (results_dir_from_config(args.config) if args.config else None)
     df = compare(args.before, args.after, results_dir=results_dir, machine=args.machine, alpha=args.alpha,
                  factor=args.factor, level=args.level)
-    from .sweep import atomic_write_csv
+    from estimators.io import atomic_write_csv
 
     atomic_write_csv(df, args.out)
     counts = df["verdict"].value_counts()

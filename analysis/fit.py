@@ -229,7 +229,9 @@ def fit_curves(
 
 
 def run_fit(args: argparse.Namespace) -> int:
-    from .sweep import atomic_write_csv, check_output_file
+    from estimators.io import atomic_write_csv
+
+    from .sweep import check_output_file
 
     check_output_file(args.out)
     results = read_csv(args.results, what=f"results CSV {args.results}")

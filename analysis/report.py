@@ -29,10 +29,11 @@ import numpy as np
 import pandas as pd
 
 import estimators as gn
+from estimators.io import atomic_write_csv, atomic_write_text, fmt, fmt_ci, markdown_table
 
 from . import fit as fit_mod
 from . import plot as plot_mod
-from .sweep import atomic_write_csv, check_output_dir, sweep_to_csv
+from .sweep import check_output_dir, sweep_to_csv
 
 #: the default sweep: every problem x every valid estimator, budgets over two decades
 REPORT_BUDGETS = (1, 3, 10, 30, 100)
@@ -40,16 +41,8 @@ REPORT_REPLICATES = 300
 RANK_BUDGET = 100
 
 
-def _fmt(v, digits=3):
-    if v is None or (isinstance(v, float) and np.isnan(v)):
-        return "–"
-    if isinstance(v, float) and np.isinf(v):
-        return "∞" if v > 0 else "−∞"
-    return f"{v:.{digits}g}"
-
-
 def _interval(v, lo, hi):
-    return f"{_fmt(v)} [{_fmt(lo, 2)}, {_fmt(hi, 2)}]"
+    return fmt_ci(v, lo, hi, bound_digits=2)
 
 
 def ranking_table(results: pd.DataFrame, fits: pd.DataFrame, problem: str, budget: int) -> pd.DataFrame:
@@ -76,14 +69,6 @@ def ranking_table(results: pd.DataFrame, fits: pd.DataFrame, problem: str, budge
     table.insert(0, "rank (variance)", np.arange(1, len(table) + 1))
     table.insert(1, "rank (efficiency)", table["efficiency (Var·s)"].rank(method="min").astype(int))
     return table
-
-
-def _markdown_table(df: pd.DataFrame) -> str:
-    cols = list(df.columns)
-    out = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    for _, r in df.iterrows():
-        out.append("| " + " | ".join(_fmt(v) if isinstance(v, float) else str(v) for v in r) + " |")
-    return "\n".join(out)
 
 
 def common_budget(results: pd.DataFrame, problem: str, preferred: int) -> int:
@@ -124,7 +109,7 @@ def summary_markdown(results: pd.DataFrame, fits: pd.DataFrame, figures: dict[st
         n_star = common_budget(results, problem, budget)
         lines += [f"## {problem}", "", f"Ranked by total variance at N = {n_star}:", ""]
         table = ranking_table(results, fits, problem, n_star)
-        lines += [_markdown_table(table) if len(table) else "(no estimator at this budget)", ""]
+        lines += [markdown_table(table) if len(table) else "(no estimator at this budget)", ""]
         if skipped:
             notes = not_measured(skipped, problem)
             if notes:
@@ -136,10 +121,10 @@ def summary_markdown(results: pd.DataFrame, fits: pd.DataFrame, figures: dict[st
             "b ≠ −1": ["yes" if v else "no" for v in f["b_differs_from_minus_one"]],
             "a [95% CI]": [_interval(r.a, r.a_ci_low, r.a_ci_high) for r in f.itertuples()],
             "d (SNR) [95% CI]": [_interval(r.d, r.d_ci_low, r.d_ci_high) for r in f.itertuples()],
-            "fit p (χ²)": [_fmt(v, 2) for v in f["gof_p"]],
+            "fit p (χ²)": [fmt(v, 2) for v in f["gof_p"]],
             "points": f["n_points"].astype(int).astype(str),
         })
-        lines += ["Fitted slopes:", "", _markdown_table(slope), ""]
+        lines += ["Fitted slopes:", "", markdown_table(slope), ""]
         if problem in figures:
             lines += [f"![{problem}]({figures[problem]})", ""]
     return "\n".join(lines)
@@ -189,10 +174,7 @@ def run_report(args: argparse.Namespace) -> int:
               f"{len(results['estimator'].unique())} estimators, budgets N = {', '.join(map(str, budgets))}, "
               f"R = {args.replicates} replicates per cell, seed {args.seed}. Files: `sweep.csv`, `fits.csv`, `figures/`.")
     text = summary_markdown(results, fits, figures, budget=rank_budget, header=header, skipped=skipped)
-    tmp = os.path.join(out_dir, ".summary.md.tmp")
-    with open(tmp, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, os.path.join(out_dir, "summary.md"))
+    atomic_write_text(os.path.join(out_dir, "summary.md"), text)
     print(f"wrote {os.path.join(out_dir, 'summary.md')}, sweep.csv ({len(results)} rows), fits.csv ({len(fits)} fits), "
           f"{len(paths)} figures in {wall:.0f} s", file=sys.stdout)
     return 0

@@ -2,48 +2,21 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
 import json
 import os
-import socket
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 
 import pandas as pd
 
 import estimators as gn
 from estimators import registry
+from estimators.io import atomic_write_csv, exclusive_lock
 from estimators.provenance import code_version
 
 DEFAULT_BUDGETS = (1, 10, 100, 1000)
 DEFAULT_REPLICATES = 1000
-
-
-def atomic_write_csv(df: pd.DataFrame, path: str | os.PathLike) -> None:
-    """Write ``df`` to ``path`` atomically: a temporary file in the same folder, then ``os.replace``.
-
-    A reader (or a crash) never sees a half-written CSV: ``path`` holds the old file or the new one.
-    """
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w", newline="") as fh:
-            df.to_csv(fh, index=False)
-            fh.flush()
-            os.fsync(fh.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def partial_path(out: str | os.PathLike) -> str:
@@ -58,27 +31,12 @@ def lock_path(out: str | os.PathLike) -> str:
 
 def check_output_file(path: str | os.PathLike) -> str:
     """Before computing anything: ``path`` names no folder, and its folder exists (created if
-    needed) and is writable. Returns the path; one-line ``ValueError`` otherwise."""
+    needed) and can be written. Returns the path; one-line ``ValueError`` otherwise."""
     path = os.fspath(path)
     if os.path.isdir(path):
         raise ValueError(f"output {path!r} is a folder; give a file name such as {os.path.join(path, 'sweep.csv')!r}")
-    folder = os.path.dirname(os.path.abspath(path))
-    try:
-        os.makedirs(folder, exist_ok=True)
-    except OSError as err:
-        raise ValueError(f"cannot create the folder of {path!r}: {err.strerror}") from None
-    _probe_write(folder, f"cannot write {path!r}")
+    _writable_folder(os.path.dirname(os.path.abspath(path)), f"cannot write {path!r}")
     return path
-
-
-def _probe_write(folder: str, what: str) -> None:
-    """Create and remove a file in ``folder`` (permissions, read-only file systems, quotas)."""
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".gradnoise-write-probe.", dir=folder)
-    except OSError as err:
-        raise ValueError(f"{what}: {err.strerror} (folder {folder!r})") from None
-    os.close(fd)
-    os.unlink(probe)
 
 
 def check_output_dir(path: str | os.PathLike) -> str:
@@ -86,52 +44,26 @@ def check_output_dir(path: str | os.PathLike) -> str:
     path = os.fspath(path)
     if os.path.exists(path) and not os.path.isdir(path):
         raise ValueError(f"output folder {path!r} is a file; give a folder name")
-    try:
-        os.makedirs(path, exist_ok=True)
-    except OSError as err:
-        raise ValueError(f"cannot create the output folder {path!r}: {err.strerror}") from None
-    _probe_write(path, f"cannot write into the output folder {path!r}")
+    _writable_folder(path, f"cannot write into the output folder {path!r}")
     return path
 
 
-@contextlib.contextmanager
-def output_lock(out: str | os.PathLike):
-    """Hold an exclusive lock on ``out`` (``flock`` on :func:`lock_path`) while a sweep writes it.
-
-    A second sweep to the same output fails at once with one line naming the running one (its
-    pid, host, start time and command), instead of both computing and one losing its sidecar.
-    The lock file is removed when the holder finishes; a holder that died (killed) releases the
-    lock with its process, and the next run takes it over.
-    """
-    path = lock_path(out)
-    while True:
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as err:
-            raise ValueError(f"cannot write next to {os.fspath(out)!r}: {err.strerror}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another process"
-            os.close(fd)
-            raise ValueError(f"{os.fspath(out)!r} is being written by another gradnoise run ({holder}); "
-                             f"wait for it to finish or choose another output") from None
-        try:
-            same = os.fstat(fd).st_ino == os.stat(path).st_ino
-        except FileNotFoundError:
-            same = False
-        if same:
-            break
-        os.close(fd)                      # the previous holder removed the file meanwhile: retry
+def _writable_folder(folder: str, what: str) -> None:
+    """Create ``folder`` if needed, then create and remove a file in it (permissions, read-only
+    file systems, quotas all show here)."""
     try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, (f"pid {os.getpid()} on {socket.gethostname()} since "
-                       f"{time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(sys.argv)}\n").encode(), 0)
-        yield
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-        os.close(fd)
+        os.makedirs(folder, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".gradnoise-write-probe.", dir=folder)
+    except OSError as err:
+        raise ValueError(f"{what}: {err.strerror} (folder {folder!r})") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def output_lock(out: str | os.PathLike):
+    """An exclusive lock on ``out`` (:func:`estimators.io.exclusive_lock` on :func:`lock_path`)
+    while a sweep writes it: a second sweep to the same output fails at once, naming the first."""
+    return exclusive_lock(lock_path(out), repr(os.fspath(out)))
 
 
 def _cell_key(problem: str, estimator: str, budget, replicates, seed) -> tuple:

@@ -17,14 +17,12 @@ from .registry import (
 )
 from . import score_function, pathwise, importance_weighted  # noqa: F401  (fill the registry)
 from . import vimco  # noqa: F401  (fill the registry)
-from . import digits  # noqa: F401  (fill the registry)
 from .baselines import Baseline, LeaveOneOut, MovingAverage, OptimalConstant
 from .score_function import ScoreFunction
 from .pathwise import Pathwise
 from .importance_weighted import DoublyReparameterised, ImportanceWeighted, StickingTheLanding
 from .vimco import VIMCO
-from .digits import DigitsVAE
-from .problems import ExpectationProblem, LinearGaussianVAE, ModelProblem
+from .problems import DigitsVAE, ExpectationProblem, LinearGaussianVAE, ModelProblem
 from .engine import COLUMNS, cell_seed, measure, measure_cell, replicate_estimates, summarise_estimates
 
 __all__ = [

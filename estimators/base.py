@@ -159,6 +159,8 @@ class Problem(abc.ABC):
 
     spec: str
     params: dict[str, Tensor]
+    #: named groups of parameters summarised together (e.g. ``{"encoder": [...], "decoder": [...]}``)
+    groups: dict[str, list[str]] = {}
     is_model: bool = False
     #: oracle truths may be cached on disk, keyed by spec (set for registered problems only)
     cacheable_truth: bool = False

@@ -109,7 +109,7 @@ class LeaveOneOut(Baseline):
 
     @staticmethod
     def mean_of_others(f: Tensor) -> Tensor:
-        """:math:`\frac{1}{n-1}\sum_{j\ne i} f_j` for each sample ``i`` of ``f`` ``(n, R)``."""
+        r""":math:`\frac{1}{n-1}\sum_{j\ne i} f_j` for each sample ``i`` of ``f`` ``(n, R)``."""
         n = f.shape[0]
         return (f.sum(0, keepdim=True) - f) / (n - 1)
 

@@ -128,9 +128,17 @@ def _build(table: dict[str, Entry], kind: str, spec: str, overrides: dict[str, A
     return entry, options
 
 
+#: options that change how a problem's truth is computed, not the problem: listed in a spec only
+#: when they differ from their default, so that adding one leaves every other spec (and so every
+#: cell's seed) as it was
+TRUTH_OPTIONS = ("oracle_samples",)
+
+
 def canonical_spec(name: str, options: dict[str, Any], defaults: dict[str, Any]) -> str:
-    """``name:key=value,...`` listing every option (defaults included), sorted by key."""
+    """``name:key=value,...`` listing every option (defaults included, except :data:`TRUTH_OPTIONS`
+    at their default), sorted by key."""
     merged = {**defaults, **options}
+    merged = {k: v for k, v in merged.items() if not (k in TRUTH_OPTIONS and v == defaults.get(k))}
     if not merged:
         return name
     text = lambda v: f"{v:g}" if isinstance(v, float) else str(v)  # noqa: E731  (2.0 -> "2")

@@ -8,7 +8,7 @@ from torch.nn import Linear, Sequential, Tanh
 from torch.func import functional_call
 
 import estimators as gn
-from estimators import digits
+from estimators.problems import digits, digits_model, digits_training
 from estimators.engine import replicate_estimates
 from stat_checks import is_unbiased
 
@@ -46,20 +46,20 @@ def test_replicated_mlp_equals_nn_modules_per_replicate():
     net = Sequential(Linear(2, 8), Tanh(), Linear(8, 64))
     weights = {f"decoder.{k}": torch.randn(5, 3, *v.shape) for k, v in net.state_dict().items()}  # L = (5, 3)
     z = torch.randn(4, 5, 3, 7, 2)                                                              # S=(4,), B=7
-    out = digits.mlp(z, weights, "decoder")
+    out = digits_model.mlp(z, weights, "decoder")
     assert out.shape == (4, 5, 3, 7, 64)
     for i in range(5):
         for j in range(3):
             sd = {k.removeprefix("decoder."): v[i, j] for k, v in weights.items()}
             torch.testing.assert_close(out[:, i, j], functional_call(net, sd, (z[:, i, j],)))
-    shared = digits.mlp(torch.randn(7, 2), weights, "decoder")                                  # data: (B, in)
+    shared = digits_model.mlp(torch.randn(7, 2), weights, "decoder")                                  # data: (B, in)
     assert shared.shape == (5, 3, 7, 64)
 
 
 def test_training_is_deterministic_from_the_seed():
-    a, b = digits.train("gaussian", 2, 8, 40, seed=3), digits.train("gaussian", 2, 8, 40, seed=3)
-    c = digits.train("gaussian", 2, 8, 40, seed=4)
-    for ckpt in digits.CHECKPOINTS:
+    a, b = digits_training.train("gaussian", 2, 8, 40, seed=3), digits_training.train("gaussian", 2, 8, 40, seed=3)
+    c = digits_training.train("gaussian", 2, 8, 40, seed=4)
+    for ckpt in digits_model.CHECKPOINTS:
         for name in a[ckpt]:
             assert torch.equal(a[ckpt][name], b[ckpt][name]), (ckpt, name)
     assert not torch.equal(a["end"]["decoder.2.bias"], c["end"]["decoder.2.bias"])
@@ -71,7 +71,7 @@ def test_training_improves_the_elbo_and_leaves_the_random_stream_alone():
     torch.manual_seed(1)
     before = torch.rand(3)
     torch.manual_seed(1)
-    saved = digits.train("bernoulli", 2, 8, 60, seed=0)
+    saved = digits_training.train("bernoulli", 2, 8, 60, seed=0)
     assert torch.equal(torch.rand(3), before)
     prob = gn.make_problem(BSPEC + ",points=200")
     elbo = {c: prob.exact_elbo(saved[c]).item() for c in ("start", "end")}
@@ -79,15 +79,15 @@ def test_training_improves_the_elbo_and_leaves_the_random_stream_alone():
 
 
 def test_second_run_loads_the_cache_and_does_not_retrain(cache, monkeypatch):
-    first = {c: gn.make_problem(SPEC + f",seed=7,checkpoint={c}") for c in digits.CHECKPOINTS}
-    path = digits.checkpoint_path("gaussian", 2, 8, 40, 7)
+    first = {c: gn.make_problem(SPEC + f",seed=7,checkpoint={c}") for c in digits_model.CHECKPOINTS}
+    path = digits_training.checkpoint_path("gaussian", 2, 8, 40, 7)
     assert path.exists() and path.parent == cache / "digits"
 
     def no_training(*args, **kwargs):
         raise AssertionError("retrained although the checkpoints are cached")
 
-    monkeypatch.setattr(digits, "train", no_training)
-    for c in digits.CHECKPOINTS:
+    monkeypatch.setattr(digits_training, "train", no_training)
+    for c in digits_model.CHECKPOINTS:
         again = gn.make_problem(SPEC + f",seed=7,checkpoint={c}")
         for name, value in first[c].params.items():
             assert torch.equal(again.params[name], value)

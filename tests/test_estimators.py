@@ -8,7 +8,7 @@ import torch
 from torch.distributions import Bernoulli, Normal
 
 import estimators as gn
-from estimators.baselines import Baseline
+from estimators.baselines import Baseline, ControlVariate
 from estimators.engine import replicate_estimates
 from stat_checks import is_unbiased, replay
 
@@ -45,7 +45,7 @@ class InSampleMean(Baseline):
     """Deliberately wrong: the baseline includes the sample it multiplies (mean over all n)."""
 
     def value(self, state, f):
-        return f.mean(0, keepdim=True)
+        return ControlVariate(per_sample=f.mean(0, keepdim=True))
 
 
 @pytest.mark.parametrize("problem", ["gaussian-quadratic", "gaussian-cos", "linear-gaussian-vae"])

@@ -72,23 +72,25 @@ def test_cells_of_other_code_are_recomputed_and_said_so(tmp_path, monkeypatch, c
 
 
 def test_oracle_cache_is_keyed_by_the_code(tmp_path, monkeypatch):
-    from estimators import problems
+    from estimators.problems import truths
 
     monkeypatch.setenv("GRADNOISE_CACHE", str(tmp_path))
     problem = gn.make_problem("gaussian-quadratic")
-    problems.oracle_truth(problem, "reparam", 4, samples=2048)
-    problems.oracle_truth(problem, "reparam", 4, samples=2048)
+    truths.oracle_truth(problem, "reparam", 4, samples=2048)
+    truths.oracle_truth(problem, "reparam", 4, samples=2048)
     assert len(list((tmp_path / "oracles").iterdir())) == 1                # reused by the same code
-    monkeypatch.setattr(problems, "code_version", lambda: "0123456789ab")
-    problems.oracle_truth(problem, "reparam", 4, samples=2048)
+    monkeypatch.setattr(truths, "code_version", lambda: "0123456789ab")
+    truths.oracle_truth(problem, "reparam", 4, samples=2048)
     assert len(list((tmp_path / "oracles").iterdir())) == 2                # computed anew by other code
 
 
 def test_empty_cache_variable_means_the_default_for_every_cache(monkeypatch):
-    from estimators import digits, problems
+    from estimators import io
+    from estimators.problems import digits_training
 
     monkeypatch.setenv("GRADNOISE_CACHE", "")
-    assert problems._cache_dir().parent == digits.cache_dir().parent == Path.home() / ".cache" / "gradnoise"
+    assert io.cache_dir("oracles") == Path.home() / ".cache" / "gradnoise" / "oracles"
+    assert digits_training.checkpoint_path("gaussian", 2, 8, 40, 0).parent == Path.home() / ".cache" / "gradnoise" / "digits"
 
 
 # ------------------------------------------------------------------------------------------
@@ -270,8 +272,8 @@ def test_lock_is_taken_between_processes(tmp_path):
     (SWEEP + ["--out", "{tmp}"], "is a folder"),
     (SWEEP + ["--out", "/sys/gradnoise.csv"], "cannot write"),
     (["fit", "{tmp}/in.csv", "--out", "/sys/fits.csv"], "cannot write"),
-    (["plot", "{tmp}/in.csv", "--out-dir", "/sys/gradnoise-figures"], "cannot create the output folder"),
-    (["report", "--problem", "gaussian-quadratic", "--out-dir", "/sys/gradnoise-report"], "cannot create"),
+    (["plot", "{tmp}/in.csv", "--out-dir", "/sys/gradnoise-figures"], "cannot write into the output folder"),
+    (["report", "--problem", "gaussian-quadratic", "--out-dir", "/sys/gradnoise-report"], "cannot write into the output folder"),
     (["report", "--problem", "gaussian-quadratic", "--out-dir", "{tmp}/in.csv"], "is a file"),
 ], ids=["device-bogus", "device-cuda", "out-is-folder", "sweep-read-only", "fit-read-only", "plot-read-only",
         "report-read-only", "report-out-dir-is-file"])

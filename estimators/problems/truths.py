@@ -1,0 +1,91 @@
+r"""How a problem knows its true gradient: closed form or enumeration (:func:`autograd_truth`),
+or a labelled oracle with its standard error (:func:`oracle_truth`), cached on disk.
+
+* closed-form: the expectation (or ELBO) has a closed form; its gradient is taken by autograd
+  of that formula, at the base parameters.
+* enumeration: a discrete distribution with ``enumerate_support``; the expectation is the exact
+  finite sum :math:`\sum_x q_\phi(x) f(x)`, differentiated by autograd.
+* oracle: the mean of many independent estimates (``oracle_samples`` cost evaluations in all)
+  from an unbiased estimator, with its standard error, at a seed fixed by the problem's spec.
+"""
+from __future__ import annotations
+
+import hashlib
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from ..base import Params, Problem, Truth
+from ..engine import replicate_estimates
+from ..io import atomic_torch_save, cache_dir
+from ..provenance import code_version
+from ..registry import get_estimator
+
+ORACLE_SAMPLES = 2**20
+
+
+def _leaves(params: Params) -> dict[str, Tensor]:
+    return {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
+
+
+def autograd_truth(fn: Callable[[dict[str, Tensor]], Tensor], params: Params, kind: str) -> Truth:
+    """``kind`` truth: the gradient of ``fn(params)`` (a closed form or an exact sum) by autograd."""
+    leaves = _leaves(params)
+    value = fn(leaves)
+    grads = torch.autograd.grad(value, list(leaves.values()), allow_unused=True)
+    return Truth(
+        {k: (torch.zeros_like(v) if g is None else g.detach()) for (k, v), g in zip(leaves.items(), grads)},
+        kind,
+    )
+
+
+ORACLE_BLOCK_ELEMENTS = 2**24   # estimates held in memory at once by an oracle (64 MB in float32)
+
+
+def oracle_truth(problem: Problem, estimator_name: str, n: int, samples: int = ORACLE_SAMPLES) -> Truth:
+    """Mean and standard error of ``max(256, samples // n)`` independent ``n``-sample estimates.
+
+    Uses the measurement engine at seeds derived from the problem's spec (not the user's seed),
+    in blocks of at most :data:`ORACLE_BLOCK_ELEMENTS` numbers, accumulating the sum and the sum
+    of squares in float64, so memory does not grow with the number of estimates. Problems built
+    by :func:`~estimators.registry.make_problem` are deterministic functions of their spec, so
+    their oracles are cached on disk (``$GRADNOISE_CACHE/oracles``, default
+    ``~/.cache/gradnoise/oracles``), keyed by spec, estimator, n, samples, parameter values and
+    :func:`~estimators.provenance.code_version` (a change of the code computes them anew).
+    """
+    replicates = max(256, samples // n)
+    path = None
+    if getattr(problem, "cacheable_truth", False):
+        key = hashlib.blake2b(digest_size=16)
+        key.update(f"{problem.spec}|{estimator_name}|{n}|{replicates}|{code_version()}".encode())
+        for name, value in sorted(problem.params.items()):
+            key.update(name.encode() + value.detach().cpu().contiguous().numpy().tobytes())
+        path = cache_dir("oracles") / f"{key.hexdigest()}.pt"
+        if path.exists():
+            saved = torch.load(path, weights_only=True)
+            device = next(iter(problem.params.values())).device
+            return Truth({k: v.to(device) for k, v in saved["values"].items()}, "oracle",
+                         {k: v.to(device) for k, v in saved["se"].items()})
+    estimator = get_estimator(estimator_name)
+    block = max(2, min(replicates, ORACLE_BLOCK_ELEMENTS // max(1, problem.param_numel())))
+    total: dict[str, Tensor] = {}
+    squares: dict[str, Tensor] = {}
+    done = 0
+    for index, first in enumerate(range(0, replicates, block)):
+        size = max(2, min(block, replicates - first))
+        est, _ = replicate_estimates(problem, estimator, n, size, seed=-1 - index)
+        for k, g in est.items():
+            g = g.double()
+            total[k] = total.get(k, 0) + g.sum(0)
+            squares[k] = squares.get(k, 0) + g.square().sum(0)
+        done += size
+    mean = {k: total[k] / done for k in total}
+    var = {k: ((squares[k] - done * mean[k] ** 2) / (done - 1)).clamp_min(0) for k in total}
+    dtype = next(iter(problem.params.values())).dtype
+    truth = Truth({k: v.to(dtype) for k, v in mean.items()}, "oracle",
+                  {k: (var[k] / done).sqrt().to(dtype) for k in var})
+    if path is not None:
+        atomic_torch_save({"values": {k: v.cpu() for k, v in truth.values.items()},
+                           "se": {k: v.cpu() for k, v in truth.se.items()}}, path)
+    return truth
