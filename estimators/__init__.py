@@ -18,6 +18,7 @@ from .registry import (
 from . import score_function, pathwise, importance_weighted  # noqa: F401  (fill the registry)
 from . import vimco  # noqa: F401  (fill the registry)
 from . import digits  # noqa: F401  (fill the registry)
+from . import measure_valued, control_variates, bayes_logreg  # noqa: F401  (fill the registry)
 from .baselines import Baseline, LeaveOneOut, MovingAverage, OptimalConstant
 from .score_function import ScoreFunction
 from .pathwise import Pathwise
