@@ -286,6 +286,7 @@ def judge(table: pd.DataFrame) -> tuple[bool, list[str], dict, pd.DataFrame]:
             "mv_below_sf": bool(mv["ci_high"] < sf["ci_low"]),
             "mv_above_sf": bool(mv["ci_low"] > sf["ci_high"]),
             "mv_over_sf": mv["per_sample_variance"] / sf["per_sample_variance"],
+            "mv_exact_zero": bool(mv["exact_zero"]),
         })
     cells = pd.DataFrame(cells)
     winners = sorted(set(cells["winner"]) - {"not significant"})
@@ -294,6 +295,7 @@ def judge(table: pd.DataFrame) -> tuple[bool, list[str], dict, pd.DataFrame]:
     no_single = len(winners) > 1
     mv_below = below == len(cells)
     held = no_single and mv_below
+    ratios = cells.loc[~cells["mv_exact_zero"], "mv_over_sf"]
     verdict = None if held or not no_single else (
         f"held in part: no single winner held; measure-valued below the score function in {below} of {len(cells)} cells")
     lines = [
@@ -306,7 +308,9 @@ def judge(table: pd.DataFrame) -> tuple[bool, list[str], dict, pd.DataFrame]:
         + (f"; significantly above in {len(above)} ("
            + "; ".join(f"{COSTS[r.cost]}, k={fmt(r.k, 2)}, d/d{r.param}" for r in above.itertuples()) + ")"
            if len(above) else "")
-        + f"; Var(measure-valued) / Var(reinforce) from {fmt(cells['mv_over_sf'].min())} to {fmt(cells['mv_over_sf'].max())}",
+        + f"; Var(measure-valued) / Var(reinforce) from {fmt(ratios.min())} to {fmt(ratios.max())}"
+        + (f" (leaving out {int(cells['mv_exact_zero'].sum())} cells where measure-valued's exact variance is zero)"
+           if cells["mv_exact_zero"].any() else ""),
     ]
     details = {"winners": {w: int((cells["winner"] == w).sum()) for w in winners},
                "mv_below_sf": below, "mv_above_sf": int(len(above)), "cells": int(len(cells))}
@@ -334,7 +338,7 @@ def figure(table: pd.DataFrame, path: Path) -> str:
             if j == 0:
                 ax.set_ylabel("per-sample variance", fontsize=8)
             ax.tick_params(labelsize=7)
-    axes[0, 0].legend(fontsize=6, title="points: measured; lines: exact", title_fontsize=6)
+    axes[0, 1].legend(fontsize=6, title="points: measured; lines: exact", title_fontsize=6)
     return save_figure(fig, path)
 
 
