@@ -50,7 +50,7 @@ import estimators as gn
 
 from .studies import (
     Config, Outcome, cell_rows, fmt, fmt_ci, log_se, markdown_table, new_figure, save_figure, study,
-    write_csv, write_results, write_study_md, Z,
+    write_csv, write_results, write_study_md,
 )
 
 COSTS = {

@@ -64,12 +64,12 @@ from .registry import register_estimator
 MAX_BLOCK_ELEMENTS = 2**22
 
 
-def normal_of(dist, estimator: str, problem: str) -> tuple[Normal, int]:
-    """The ``Normal`` inside ``dist`` and the number of reinterpreted event dims (0 or k).
+def normal_of(dist, estimator: str, problem: str) -> Normal:
+    """The ``Normal`` inside ``dist`` (itself, or the base of an ``Independent``).
 
     Raises :class:`EstimatorNotApplicable` naming the distribution for any other family.
     """
-    base, k = (dist.base_dist, dist.reinterpreted_batch_ndims) if isinstance(dist, Independent) else (dist, 0)
+    base = dist.base_dist if isinstance(dist, Independent) else dist
     if not isinstance(base, Normal) or base.event_shape != torch.Size():
         name = (f"Independent({type(base).__name__})" if isinstance(dist, Independent)
                 else type(dist).__name__)
@@ -77,7 +77,7 @@ def normal_of(dist, estimator: str, problem: str) -> tuple[Normal, int]:
             f"estimator {estimator!r} is implemented for Normal and Independent(Normal) "
             f"distributions only; problem {problem!r} has the distribution {name}"
         )
-    return base, k
+    return base
 
 
 def double_sided_maxwell(shape: torch.Size, like: Tensor) -> Tensor:
@@ -108,7 +108,7 @@ class MeasureValued(GradientEstimator):
     def cost_evals_for(self, problem: Problem, n: int) -> int:
         """``2 n`` per coordinate of ``loc`` and ``scale`` that depends on the parameters (+ ``n`` on model problems)."""
         leaves = replicate(problem.params, (1,))
-        normal, _ = normal_of(problem.distribution(leaves), self.name, problem.spec)
+        normal = normal_of(problem.distribution(leaves), self.name, problem.spec)
         coords = sum(t[0].numel() for t in (normal.loc, normal.scale) if t.requires_grad)
         return 2 * n * coords + (n if problem.is_model else 0)
 
@@ -118,7 +118,7 @@ class MeasureValued(GradientEstimator):
 
     def estimate(self, problem: Problem, params: Params, n: int, state) -> dict[str, Tensor]:
         dist = problem.distribution(params)
-        normal, _ = normal_of(dist, self.name, problem.spec)
+        normal = normal_of(dist, self.name, problem.spec)
         lead, event = dist.batch_shape, dist.event_shape
         size = max(1, math.prod(event))
         loc, scale = normal.loc, normal.scale                       # (*L, *event)

@@ -2,8 +2,6 @@
 unbiased against that quadrature truth."""
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 import torch

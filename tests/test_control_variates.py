@@ -3,8 +3,6 @@ replayed noise, variance equal to the quadrature value, zero variance with beta 
 cost, clear errors."""
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 import torch
