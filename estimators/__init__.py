@@ -17,6 +17,7 @@ from .registry import (
 )
 from . import score_function, pathwise, importance_weighted  # noqa: F401  (fill the registry)
 from . import vimco  # noqa: F401  (fill the registry)
+from . import measure_valued, control_variates  # noqa: F401  (fill the registry)
 from .baselines import Baseline, LeaveOneOut, MovingAverage, OptimalConstant
 from .score_function import ScoreFunction
 from .pathwise import Pathwise

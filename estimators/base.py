@@ -290,6 +290,14 @@ class GradientEstimator(abc.ABC):
         """Cost-function evaluations spent on one ``n``-sample estimate."""
         return n
 
+    def cost_evals_for(self, problem: Problem, n: int) -> int:
+        """Cost-function evaluations spent on one ``n``-sample estimate on ``problem``.
+
+        Defaults to :meth:`cost_evals`; estimators whose cost depends on the problem's size (the
+        measure-valued gradient evaluates the cost twice per sample per coordinate) override it.
+        """
+        return self.cost_evals(n)
+
     def check(self, problem: Problem, n: int) -> None:
         """Raise a clear error if this estimator cannot run on ``problem`` at budget ``n``."""
         if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < self.min_budget:

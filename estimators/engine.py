@@ -178,8 +178,8 @@ def summarise_estimates(
         row = {
             "problem": problem.spec, "estimator": estimator.name, "param": label, "budget": budget,
             "replicates": replicates, "seed": seed, "truth_kind": truth.kind,
-            "seconds_per_estimate": seconds / replicates, "cost_evals": estimator.cost_evals(budget),
-            "code_version": code_version(),
+            "seconds_per_estimate": seconds / replicates,
+            "cost_evals": estimator.cost_evals_for(problem, budget), "code_version": code_version(),
         }
         row.update(statistics.summarise(
             flat(estimates, names, (replicates,)), flat(truth.values, names, ()), flat(truth.se, names, ())

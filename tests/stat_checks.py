@@ -61,3 +61,14 @@ def replay(estimator: str, problem: str, n: int, r: int = 3, seed: int = 7):
     grads = est(prob, params, n)
     torch.manual_seed(seed)
     return prob, {k: v.detach() for k, v in params.items()}, {k: v.detach() for k, v in grads.items()}
+
+
+def log_variance_z(g: torch.Tensor, exact: float) -> float:
+    """z of ``log(sample variance) - log(exact)`` for R i.i.d. scalar estimates ``g``.
+
+    The standard error of the log sample variance is the delta method's, kurtosis-adjusted:
+    ``sd(y) / (mean(y) sqrt(R))`` with ``y = (g - mean g)^2`` (``estimators.statistics``'s interval).
+    """
+    y = (g.double().reshape(-1) - g.double().mean()) ** 2
+    se = (y.std() / (y.mean() * math.sqrt(len(y)))).item()
+    return (math.log(y.sum().item() / (len(y) - 1)) - math.log(exact)) / se

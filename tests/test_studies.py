@@ -26,6 +26,11 @@ STUDY_TABLES = {
         "ranking.csv": ["cost", "k", "param", "ranking", "winner", "pathwise_over_best_sf", "ratio_ci_low",
                         "ratio_ci_high", "verdict"],
     },
+    "measure-valued": {
+        "per_sample.csv": ["cost", "k", "param", "estimator", "beta", "cost_evals", "per_sample_variance", "ci_low",
+                           "ci_high", "exact_variance", "exact_zero", "z_vs_exact", "rank"],
+        "ranking.csv": ["cost", "k", "param", "ranking", "winner", "mv_below_sf", "mv_above_sf", "mv_over_sf"],
+    },
 }
 
 
@@ -39,8 +44,8 @@ def quick_runs(tmp_path_factory):
     return runs
 
 
-def test_the_three_studies_are_registered():
-    assert studies.study_names() == ["vae-vs-reinforce", "iwae-snr", "no-single-winner"]
+def test_the_studies_are_registered():
+    assert studies.study_names() == ["vae-vs-reinforce", "iwae-snr", "no-single-winner", "measure-valued"]
     with pytest.raises(KeyError, match="valid studies: vae-vs-reinforce"):
         studies.get_study("no-such-study")
 
@@ -116,6 +121,22 @@ def test_no_single_winner_ranks_every_cost_k_and_param(quick_runs):
     # at k = 10 the cosine cost's pathwise gradient (variance ~ k^2/2) loses by far
     cos = ranking[(ranking["cost"] == "gaussian-cos") & (ranking["k"] == 10)]
     assert (cos["verdict"] == "score function wins").all()
+
+
+def test_measure_valued_study_measures_what_quadrature_says(quick_runs):
+    """Every cost x k x parameter x estimator is there, with its exact variance, and the measured
+    variances agree with the exact ones (|z| < 4 where the exact variance is not zero)."""
+    out, outcome = quick_runs["measure-valued"]
+    table = pd.read_csv(out / "per_sample.csv")
+    assert len(table) == 3 * 2 * 2 * 4
+    assert set(table["estimator"]) == {"reinforce", "reinforce-delta", "reparam", "measure-valued"}
+    assert table.groupby(["cost", "k", "param"]).size().eq(4).all()
+    assert set(table.loc[table["estimator"] == "measure-valued", "cost_evals"]) == {4}
+    assert table.loc[table["estimator"] == "reinforce-delta", "beta"].notna().all()
+    nonzero = table[~table["exact_zero"]]
+    assert nonzero["z_vs_exact"].abs().max() < 4
+    assert table.loc[table["exact_zero"], "estimator"].isin(["reinforce-delta", "measure-valued"]).all()
+    assert outcome.verdict_text.startswith(("held", "did not hold"))
 
 
 def test_group_rows_match_the_engine_and_statistics():

@@ -1,0 +1,184 @@
+"""reinforce-delta and reparam-delta: unbiased (fixed and pilot-estimated coefficient), exact on
+replayed noise, variance equal to the quadrature value, zero variance with beta = 1 on a quadratic
+cost, clear errors."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+from torch.distributions import Cauchy, Dirichlet, Normal
+
+import estimators as gn
+import estimators.control_variates as cv
+from analysis.studies_measure_valued import cost_function, optimal_beta, per_sample_moments
+from estimators.engine import replicate_estimates
+from stat_checks import holm_reject, is_unbiased, log_variance_z, replay
+
+SEED = 20261127
+SETTINGS = [
+    "gaussian-exp:k=1,loc=0.3,scale=0.7",
+    "gaussian-cos:k=2,loc=1,scale=0.5",
+    "gaussian-quadratic-nd:d=3,k=1,loc=0,scale=2",
+    "linear-gaussian-vae:d=4",
+    "bernoulli-toy:theta=0.3,t=0.2",
+]
+
+
+def _cases():
+    for problem in SETTINGS:
+        for base in ("reinforce-delta", "reparam-delta"):
+            for options in ("", ":beta=0.5", ":pilot=1"):
+                if base == "reparam-delta" and problem.startswith("bernoulli"):
+                    continue
+                yield pytest.param(base + options, problem, id=f"{base}{options}-{problem.split(':')[0]}")
+
+
+@pytest.mark.parametrize("estimator, problem", list(_cases()))
+def test_unbiased(estimator, problem):
+    """|mean - truth| within 4 SE per coordinate, Holm-corrected (N = 2, R = 4000). ``pilot=1``:
+    the coefficient from one pilot sample is noisy, and still independent of the measured ones."""
+    prob, est = gn.make_problem(problem), gn.get_estimator(estimator)
+    estimates, _ = replicate_estimates(prob, est, 2, 4000, SEED)
+    ok, pmin = is_unbiased(estimates, prob.true_gradient())
+    assert ok, f"{estimator} on {problem}: smallest p-value {pmin:.2e}"
+
+
+def test_negative_control_expectation_without_the_variance_term_is_caught(monkeypatch):
+    """E[h] without 1/2 tr(Gamma Sigma) (a plausible bug) biases d/dscale; the check sees it."""
+    original = cv.moments
+    monkeypatch.setattr(cv, "moments", lambda dist, where: (lambda m, s, full: (m, 0 * s, full))(*original(dist, where)))
+    prob = gn.make_problem("gaussian-cos:k=2,loc=1,scale=0.5")
+    estimates, _ = replicate_estimates(prob, gn.get_estimator("reinforce-delta:beta=0.5"), 2, 4000, SEED)
+    ok, pmin = is_unbiased(estimates, prob.true_gradient())
+    assert not ok, f"bias not detected (smallest p {pmin:.2e})"
+
+
+def test_exact_reinforce_delta_replayed():
+    """(f(x) - beta h(x)) score + beta grad E[h], h the Taylor expansion of cos(k x) at mu."""
+    prob, p, g = replay("reinforce-delta:beta=0.5", "gaussian-cos:k=3,loc=0.7,scale=0.6", n=5)
+    mu, s, k, beta = p["loc"], p["scale"], 3.0, 0.5
+    seed = int(torch.randint(0, 2**62, ()).item())
+    torch.manual_seed(seed)
+    x = Normal(mu, s).sample((5,))
+    f = torch.cos(k * x)
+    f0, f1, f2 = torch.cos(k * mu), -k * torch.sin(k * mu), -(k**2) * torch.cos(k * mu)
+    h = f0 + f1 * (x - mu) + 0.5 * f2 * (x - mu) ** 2
+    r = f - beta * h
+    torch.testing.assert_close(g["loc"], (r * (x - mu) / s**2).mean(0) + beta * f1)
+    torch.testing.assert_close(g["scale"], (r * ((x - mu) ** 2 / s**3 - 1 / s)).mean(0) + beta * f2 * s)
+
+
+def test_exact_reparam_delta_replayed():
+    """f'(x) dx/dphi - beta (h'(x) dx/dphi - grad E[h]), x = mu + s eps."""
+    prob, p, g = replay("reparam-delta:beta=0.5", "gaussian-cos:k=3,loc=0.7,scale=0.6", n=5)
+    mu, s, k, beta = p["loc"], p["scale"], 3.0, 0.5
+    seed = int(torch.randint(0, 2**62, ()).item())
+    torch.manual_seed(seed)
+    x = Normal(mu, s).sample((5,))
+    eps = (x - mu) / s
+    f1, f2 = -k * torch.sin(k * mu), -(k**2) * torch.cos(k * mu)
+    df, dh = -k * torch.sin(k * x), f1 + f2 * (x - mu)
+    torch.testing.assert_close(g["loc"], (df - beta * (dh - f1)).mean(0))
+    torch.testing.assert_close(g["scale"], (df * eps - beta * (dh * eps - f2 * s)).mean(0))
+
+
+# ---------------------------------------------------------------------------------------------
+# variance
+# ---------------------------------------------------------------------------------------------
+R_VARIANCE = 20000
+
+
+def test_variance_equals_quadrature():
+    """Fixed beta (0.5, and the variance-minimising beta* of d/dloc by quadrature) on exp and cos
+    costs, N = 1: log sample variance vs log exact, kurtosis-adjusted SE, Holm across the cells."""
+    z, keys = [], []
+    for cost, k in (("gaussian-exp", 1.0), ("gaussian-cos", 2.0)):
+        fn = cost_function(cost, k)
+        prob = gn.make_problem(f"{cost}:k={k:g}")
+        for name in ("reinforce-delta", "reparam-delta"):
+            for beta in (0.5, optimal_beta(fn, "loc", pathwise=name == "reparam-delta")):
+                g, _ = replicate_estimates(prob, gn.get_estimator(f"{name}:beta={beta!r}"), 1, R_VARIANCE, SEED)
+                for param in ("loc", "scale"):
+                    z.append(log_variance_z(g[param], per_sample_moments(fn, name, param, beta=beta).variance))
+                    keys.append((cost, name, round(beta, 3), param))
+    p = 2 * stats.norm.sf(np.abs(z))
+    assert not holm_reject(p).any(), dict(zip(keys, np.round(z, 2)))
+
+
+def test_optimal_beta_lowers_the_variance_as_quadrature_says():
+    """At beta* the exact variance is below beta = 0.5's; the measured ratio agrees (4 SE)."""
+    fn, prob = cost_function("gaussian-exp", 1.0), gn.make_problem("gaussian-exp:k=1")
+    best = optimal_beta(fn, "loc", pathwise=False)
+    v = {b: per_sample_moments(fn, "reinforce-delta", "loc", beta=b).variance for b in (0.5, best)}
+    assert v[best] < v[0.5]
+    g = {b: replicate_estimates(prob, gn.get_estimator(f"reinforce-delta:beta={b!r}"), 1, R_VARIANCE, SEED)[0]["loc"]
+         for b in (0.5, best)}
+    assert log_variance_z(g[best], v[0.5]) < -4        # measured at beta* is below the exact value at 0.5
+
+
+@pytest.mark.parametrize("problem", ["gaussian-quadratic:k=3,loc=0.5,scale=2", "gaussian-quadratic-nd:d=3,k=1,loc=0,scale=2"])
+@pytest.mark.parametrize("name, base", [("reinforce-delta", "reinforce"), ("reparam-delta", "reparam")])
+def test_beta_one_on_a_quadratic_cost_has_zero_variance(problem, name, base):
+    """h = f for a quadratic cost, so beta = 1 returns grad E[h] = the exact gradient: the variance is
+    float32 rounding, below (2^8 eps)^2 times the base estimator's mean square; beta = 0.9 (a tenth
+    of the base's fluctuation left) is far above that bound, so the bound can fail."""
+    prob = gn.make_problem(problem)
+    bound = lambda g: (256 * torch.finfo(torch.float32).eps) ** 2 * g.double().square().mean(0)  # noqa: E731
+    base_g, _ = replicate_estimates(prob, gn.get_estimator(base), 2, 2000, SEED)
+    exact, _ = replicate_estimates(prob, gn.get_estimator(f"{name}:beta=1"), 2, 2000, SEED)
+    near, _ = replicate_estimates(prob, gn.get_estimator(f"{name}:beta=0.9"), 2, 2000, SEED)
+    truth = prob.true_gradient()
+    for param in prob.params:
+        assert (exact[param].double().var(0) <= bound(base_g[param])).all(), param
+        assert (near[param].double().var(0) > bound(base_g[param])).all(), param
+        torch.testing.assert_close(exact[param].mean(0), truth.values[param].expand_as(exact[param][0]),
+                                   rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# cost, options, errors
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("spec, evals", [("reinforce-delta", 7 + 1 + 7), ("reparam-delta:beta=1", 7 + 1),
+                                         ("reinforce-delta:pilot=3", 7 + 1 + 3)])
+def test_cost_evals(spec, evals):
+    assert gn.get_estimator(spec).cost_evals(7) == evals
+    assert set(gn.measure("gaussian-cos", spec, 7, replicates=4)["cost_evals"]) == {evals}
+
+
+@pytest.mark.parametrize("spec, match", [("reinforce-delta:beta=big", "number or 'optimal'"),
+                                         ("reparam-delta:pilot=-1", "pilot")])
+def test_bad_options(spec, match):
+    with pytest.raises(ValueError, match=match):
+        gn.get_estimator(spec)
+
+
+@pytest.mark.parametrize("name", ["reinforce-delta", "reparam-delta"])
+def test_non_differentiable_cost_is_refused(name):
+    prob = gn.ExpectationProblem(Normal, {"loc": 0.0, "scale": 1.0}, lambda x: (x > 0.5).float(),
+                                 name="step", expected_cost=lambda p: p["loc"])
+    with pytest.raises(gn.EstimatorNotApplicable, match=r"problem 'step'.*(is not differentiable|no autograd path to the sample)"):
+        gn.measure(prob, name, 2, replicates=4)
+
+
+class NoMoments(Normal):
+    @property
+    def mean(self):
+        raise NotImplementedError
+
+    @property
+    def variance(self):
+        raise NotImplementedError
+
+
+@pytest.mark.parametrize("family, params, match", [
+    (NoMoments, {"loc": 0.0, "scale": 1.0}, "NoMoments has no mean and variance"),
+    (Cauchy, {"loc": 0.0, "scale": 1.0}, "Cauchy has no finite mean and variance"),
+    (Dirichlet, {"concentration": [1.0, 2.0, 3.0]}, "Dirichlet has dependent event coordinates"),
+])
+def test_distribution_without_usable_moments_is_refused(family, params, match):
+    prob = gn.ExpectationProblem(family, {k: torch.tensor(v) for k, v in params.items()},
+                                 lambda x: (x**2).sum(-1) if x.dim() and family is Dirichlet else x**2,
+                                 name="no-moments", expected_cost=lambda p: sum(v.sum() for v in p.values()))
+    with pytest.raises(gn.EstimatorNotApplicable, match=match):
+        gn.measure(prob, "reinforce-delta", 2, replicates=4)
