@@ -16,7 +16,7 @@ COMMAND_MODULES = [
     "analysis.plot",
     "analysis.compare",
     "analysis.report",
-    "analysis.studies",
+    "analysis.studies.cli",
 ]
 
 #: errors that are the user's input or environment, printed as one line (exit 2), not a traceback

@@ -72,6 +72,8 @@ import numpy as np
 import pandas as pd
 from scipy import optimize, stats
 
+from estimators.statistics import log_se
+
 from .results import SWEEP_REQUIRED, read_csv, require_columns
 
 LEVEL = 0.95
@@ -144,9 +146,7 @@ def fit_power_law(
 
 def log_se_variance(results: pd.DataFrame) -> pd.Series:
     """Log-scale standard error of each row's variance, from its (log-symmetric) interval."""
-    z = stats.norm.ppf(0.5 + LEVEL / 2)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return (np.log(results["variance_ci_high"]) - np.log(results["variance_ci_low"])) / (2 * z)
+    return pd.Series(log_se(results["variance_ci_low"], results["variance_ci_high"], LEVEL), index=results.index)
 
 
 def log_se_snr(results: pd.DataFrame) -> pd.Series:

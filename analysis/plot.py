@@ -28,6 +28,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
+import estimators as gn  # noqa: E402
+
 from .fit import at_snr_floor, snr_floor  # noqa: E402
 from .results import FITS_REQUIRED, read_csv  # noqa: E402
 
@@ -35,10 +37,31 @@ X_LABEL = "budget N (samples per estimate; K for iwae)"
 PANELS = ("variance", "snr", "efficiency")
 
 
+#: colours of maximum contrast (Kelly 1965), in the order estimators are registered; families sit
+#: apart (score function in reds, purples and pinks; pathwise in blues; IWAE in greens; ...)
+COLOURS = ("#BE0032", "#F38400", "#875692", "#E68FAC", "#0067A5", "#008856", "#8DB600", "#2B3D26",
+           "#882D17", "#A1CAF1", "#F99379", "#604E97", "#C2B280", "#654522", "#F6A600", "#848482",
+           "#B3446C", "#DCD300", "#E25822", "#222222")
+MARKERS = ("o", "s", "D", "^", "v", "<", ">", "p", "h", "*", "X", "P", "d", "8")
+
+
+def estimator_style(name: str) -> tuple[str, str]:
+    """The colour and marker of an estimator, the same in every figure and study.
+
+    Registered estimators take :data:`COLOURS` and :data:`MARKERS` in registry order (an
+    estimator with options, ``reinforce-ema:beta=0.99``, shares its base name's colour); any
+    other name gets a stable pick from its hash. Colour and marker cycle at different lengths,
+    so no two of the first 140 estimators share both.
+    """
+    base = name.split(":", 1)[0]
+    names = gn.estimator_names()
+    index = names.index(base) if base in names else len(names) + int.from_bytes(base.encode()[:4] or b"0", "little")
+    return COLOURS[index % len(COLOURS)], MARKERS[index % len(MARKERS)]
+
+
 def palette(estimators) -> dict:
-    """One colour per estimator name, stable across figures (sorted names, seaborn's colorblind)."""
-    names = sorted(set(estimators))
-    return dict(zip(names, sns.color_palette("colorblind", max(len(names), 1))))
+    """``{estimator: colour}`` for the given names (:func:`estimator_style`)."""
+    return {name: estimator_style(name)[0] for name in set(estimators)}
 
 
 def _style(ax, title, ylabel):

@@ -29,6 +29,21 @@ from scipy import stats
 CONFIDENCE = 0.95
 
 
+def log_se(low, high, level: float = CONFIDENCE):
+    r"""Log-scale standard error of a quantity from its log-symmetric ``level`` interval
+    ``[low, high]``: :math:`(\log h - \log l) / (2 z)`; arrays or scalars."""
+    z = stats.norm.ppf(0.5 + level / 2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return (np.log(np.asarray(high, dtype=float)) - np.log(np.asarray(low, dtype=float))) / (2 * z)
+
+
+def bonferroni_p(z: np.ndarray) -> float:
+    r"""Two-sided p-value of the largest of ``p`` per-coordinate z-scores, Bonferroni-corrected:
+    :math:`\min(1, p \cdot 2\,\bar\Phi(\max_d |z_d|))`; valid however the coordinates correlate."""
+    z = np.abs(np.asarray(z, dtype=float))
+    return float(min(1.0, z.size * 2 * stats.norm.sf(np.max(z))))
+
+
 def variance_interval(y: np.ndarray, level: float = CONFIDENCE) -> tuple[float, float, float]:
     """Estimate and interval for a variance written as the mean of squared deviations ``y``.
 
@@ -61,7 +76,7 @@ def summarise(estimates: np.ndarray, truth: np.ndarray, truth_se: np.ndarray) ->
         bias_p = float(2 * stats.norm.sf(abs(bias_z)))
         scalar = lambda a: float(a[0])  # noqa: E731
     else:
-        bias_p = float(min(1.0, p * 2 * stats.norm.sf(np.max(np.abs(z)))))
+        bias_p = bonferroni_p(z)
         bias_z = float(stats.norm.isf(bias_p / 2))
         scalar = lambda a: float(np.linalg.norm(a))  # noqa: E731
     variance, low, high = variance_interval(((g - mean) ** 2).sum(1))

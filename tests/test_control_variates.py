@@ -11,7 +11,7 @@ from torch.distributions import Cauchy, Dirichlet, Normal
 
 import estimators as gn
 import estimators.control_variates as cv
-from analysis.studies_measure_valued import cost_function, optimal_beta, per_sample_moments
+from analysis.studies.measure_valued import cost_function, optimal_beta, per_sample_moments
 from estimators.engine import replicate_estimates
 from stat_checks import holm_reject, is_unbiased, log_variance_z, replay
 

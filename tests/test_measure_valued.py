@@ -12,7 +12,7 @@ from torch.distributions import Bernoulli, Chi2, Gamma, Independent, Normal, Wei
 
 import estimators as gn
 import estimators.measure_valued as mv
-from analysis.studies_measure_valued import cost_function, per_sample_moments
+from analysis.studies.measure_valued import cost_function, per_sample_moments
 from estimators.engine import replicate_estimates
 from stat_checks import holm_reject, is_unbiased, log_variance_z, replay
 

@@ -10,8 +10,10 @@ import pytest
 
 import estimators as gn
 from analysis import cli, studies
+from analysis.studies import base as study_base
+from analysis.studies import cli as study_cli
 from analysis.fit import FIT_COLUMNS
-from analysis.studies_iwae import Moments
+from analysis.studies.iwae_snr import Moments
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 STUDY_TABLES = {
@@ -142,7 +144,7 @@ def test_measure_valued_study_measures_what_quadrature_says(quick_runs):
 def test_group_rows_match_the_engine_and_statistics():
     problem = gn.make_problem("linear-gaussian-vae:d=3")
     estimator = gn.get_estimator("iwae")
-    rows, estimates, _ = studies.cell_rows(problem, estimator, 4, 60, 5, {"encoder": ["A", "b"]})
+    rows, estimates, _ = study_base.cell_rows(problem, estimator, 4, 60, 5, {"encoder": ["A", "b"]})
     engine_rows = gn.measure_cell(problem, estimator, 4, 60, 5)
     for mine, theirs in zip(rows, engine_rows):
         for column in gn.COLUMNS:
@@ -164,7 +166,7 @@ def test_ratio_interval_covers_at_the_nominal_level():
         b = rng.normal(0, 1.0, r)
         va = gn.statistics.variance_interval((a - a.mean()) ** 2)
         vb = gn.statistics.variance_interval((b - b.mean()) ** 2)
-        _, low, high = studies.ratio_interval(*va, *vb)
+        _, low, high = study_base.ratio_interval(*va, *vb)
         hits += low <= true_ratio <= high
     coverage = hits / trials
     se = np.sqrt(0.95 * 0.05 / trials)
@@ -201,11 +203,17 @@ def test_bootstrap_moments_with_unit_weights_reproduce_the_estimates():
     assert m.trace() == pytest.approx(float(g.var(0).sum()), rel=1e-12)
 
 
-def test_parameter_groups():
-    groups = studies.parameter_groups(gn.make_problem("linear-gaussian-vae:d=2"))
-    assert groups == {"encoder": ["A", "b"], "decoder": ["mu"]}
-    with pytest.raises(ValueError, match="cannot tell encoder from decoder"):
-        studies.parameter_groups(gn.make_problem("gaussian-cos"))
+def test_problems_declare_their_parameter_groups():
+    assert gn.make_problem("linear-gaussian-vae:d=2").groups == {"encoder": ["A", "b"], "decoder": ["mu"]}
+    digits = gn.make_problem("digits-vae:latent=2,hidden=8,steps=40").groups
+    assert set(digits) == {"encoder", "decoder"} and all(n.startswith("encoder.") for n in digits["encoder"])
+    assert gn.make_problem("gaussian-cos").groups == {}
+
+
+def test_oracle_samples_is_an_option_listed_only_when_set():
+    assert "oracle_samples" not in gn.make_problem("linear-gaussian-vae").spec
+    problem = gn.make_problem(study_base.with_options("linear-gaussian-vae", oracle_samples=4096))
+    assert problem.oracle_samples == 4096 and "oracle_samples=4096" in problem.spec
 
 
 def _outcome(name, held):
@@ -220,20 +228,20 @@ def test_update_readme_replaces_only_the_block_and_copies_figures(tmp_path):
     for name in ("one", "two"):
         (out / name).mkdir(parents=True)
         (out / name / "fig.png").write_bytes(PNG_MAGIC + b"x")
-    studies.update_readme(readme, [_outcome("one", True), _outcome("two", False)], out)
+    study_cli.update_readme(readme, [_outcome("one", True), _outcome("two", False)], out)
     text = readme.read_text()
     assert text.startswith("# Title\n\nbefore\n\n<!-- results:start -->\n") and text.endswith("<!-- results:end -->\n\nafter\n")
     assert "old text" not in text
     assert "one: d = 0.5 [0.4, 0.6]" in text and "Verdict: held" in text and "Verdict: did not hold" in text
     assert "![one: fig.png](docs/results/one-fig.png)" in text
     assert (tmp_path / "docs" / "results" / "two-fig.png").read_bytes() == PNG_MAGIC + b"x"
-    studies.update_readme(readme, [_outcome("one", True)], out)   # idempotent block replacement
+    study_cli.update_readme(readme, [_outcome("one", True)], out)   # idempotent block replacement
     assert readme.read_text().count("<!-- results:start -->") == 1
 
     bare = tmp_path / "BARE.md"
     bare.write_text("no markers\n")
     with pytest.raises(ValueError, match="results:start"):
-        studies.update_readme(bare, [], out)
+        study_cli.update_readme(bare, [], out)
 
 
 def test_command_line(capsys):

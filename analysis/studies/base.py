@@ -1,4 +1,5 @@
-r"""``gradnoise study``: reproducible studies of published claims about gradient estimators.
+r"""What every study shares: the registry, the configuration and outcome, and the steps
+(measure, fit, figure, verdict, write) written once.
 
 Each study is one command that measures (through the registries and the engine: no estimator
 maths here), writes its tables and figures, and says whether the claim held::
@@ -24,17 +25,17 @@ method on the log scale: each variance interval is symmetric in :math:`\log`, so
 :math:`s_i = (\log v_i^{hi} - \log v_i^{lo}) / (2 z_{0.975})` and
 :math:`\log(v_1/v_2) \pm z_{0.975}\sqrt{s_1^2 + s_2^2}` (:func:`ratio_interval`).
 
-The studies themselves live in ``analysis/studies_*.py`` and register here with :func:`study`.
-See ``docs/studies.md``.
+A study is one module of :mod:`analysis.studies` that registers ``run(out_dir, config) ->
+Outcome`` with :func:`study`; it measures with :func:`cell_rows` (the engine), fits and writes
+``results.csv``/``fits.csv`` with :func:`write_results`, draws with :func:`new_figure`,
+:func:`errorbar_series` and :func:`save_figure`, and returns an :class:`Outcome` (the verdict);
+:func:`run_study` times it and writes ``summary.json``, :func:`write_study_md` its report. See
+``docs/studies.md``.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import re
-import shutil
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,10 +47,14 @@ import torch
 from scipy import stats
 
 import estimators as gn
+from estimators.io import atomic_write_csv, atomic_write_text
+from estimators.statistics import log_se
+
+from ..fit import fit_curves
+from ..plot import estimator_style
 
 LEVEL = 0.95
 Z = float(stats.norm.ppf(0.5 + LEVEL / 2))
-README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
 
 
 # --------------------------------------------------------------------------------------------
@@ -122,6 +127,13 @@ def get_study(name: str) -> Study:
 # --------------------------------------------------------------------------------------------
 # Measuring (through the engine) and small statistics on its output
 # --------------------------------------------------------------------------------------------
+def with_options(spec: str, **options) -> str:
+    """``spec`` with more options (``None`` values left out): ``with_options("p:k=1", seed=2)`` is
+    ``"p:k=1,seed=2"``."""
+    extra = ",".join(f"{k}={v}" for k, v in options.items() if v is not None)
+    return spec if not extra else spec + ("," if ":" in spec else ":") + extra
+
+
 def cell_rows(
     problem: gn.Problem, estimator: gn.GradientEstimator, budget: int, replicates: int, seed: int,
     groups: Mapping[str, Iterable[str]] | None = None,
@@ -139,31 +151,6 @@ def cell_rows(
     return rows, estimates, seconds
 
 
-#: parameter groups of problems whose tensors are not named ``encoder.*`` / ``decoder.*``
-NAMED_GROUPS = {"linear-gaussian-vae": {"encoder": ("A", "b"), "decoder": ("mu",)}}
-
-
-def parameter_groups(problem: gn.Problem) -> dict[str, list[str]]:
-    """``{"encoder": [...], "decoder": [...]}`` from the ``encoder.``/``decoder.`` prefixes or :data:`NAMED_GROUPS`."""
-    if problem.name in NAMED_GROUPS:
-        return {g: list(names) for g, names in NAMED_GROUPS[problem.name].items()}
-    groups: dict[str, list[str]] = {}
-    for name in problem.params:
-        prefix = name.split(".", 1)[0]
-        if prefix in ("encoder", "decoder"):
-            groups.setdefault(prefix, []).append(name)
-    if set(groups) != {"encoder", "decoder"}:
-        raise ValueError(f"problem {problem.spec!r}: cannot tell encoder from decoder parameters "
-                         f"(names {list(problem.params)[:6]}...)")
-    return groups
-
-
-def log_se(low, high):
-    """Log-scale standard error of a quantity from its log-symmetric 95% interval."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return (np.log(np.asarray(high, float)) - np.log(np.asarray(low, float))) / (2 * Z)
-
-
 def ratio_interval(num, num_low, num_high, den, den_low, den_high):
     """Ratio of two independent variances and its 95% interval (delta method, log scale).
 
@@ -174,35 +161,14 @@ def ratio_interval(num, num_low, num_high, den, den_low, den_high):
     return ratio, ratio * np.exp(-Z * s), ratio * np.exp(Z * s)
 
 
-def fmt(x: float, digits: int = 3) -> str:
-    """A number with ``digits`` significant figures (scientific beyond 1e4 or below 1e-3)."""
-    if x is None or not np.isfinite(x):
-        return "nan"
-    if x != 0 and (abs(x) >= 1e4 or abs(x) < 1e-3):
-        return f"{x:.{digits - 1}e}"
-    return f"{x:.{digits}g}"
-
-
-def fmt_ci(value: float, low: float, high: float, digits: int = 3) -> str:
-    return f"{fmt(value, digits)} [{fmt(low, digits)}, {fmt(high, digits)}]"
-
-
 # --------------------------------------------------------------------------------------------
 # Writing
 # --------------------------------------------------------------------------------------------
-def write_csv(df: pd.DataFrame, path: Path) -> None:
-    from .sweep import atomic_write_csv
-
-    atomic_write_csv(df, path)
-
-
 def write_results(rows: list[dict], out_dir: Path) -> pd.DataFrame:
     """``results.csv`` in the sweep's schema, and ``fits.csv`` from :func:`analysis.fit.fit_curves`."""
-    from .fit import fit_curves
-
     df = pd.DataFrame(rows, columns=gn.COLUMNS)
-    write_csv(df, out_dir / "results.csv")
-    write_csv(fit_curves(df, x="budget"), out_dir / "fits.csv")
+    atomic_write_csv(df, out_dir / "results.csv")
+    atomic_write_csv(fit_curves(df, x="budget"), out_dir / "fits.csv")
     return df
 
 
@@ -216,6 +182,29 @@ def new_figure(nrows: int = 1, ncols: int = 1, width: float = 4.0, height: float
     return fig, axes
 
 
+def errorbar_series(ax, df: pd.DataFrame, x: str, y: str, low: str, high: str, *, by: str = "estimator",
+                    label=None, **style) -> None:
+    """One line with 95% error bars per value of ``by`` (an estimator name), in that estimator's
+    colour and marker (:func:`analysis.plot.estimator_style`, the same in every figure)."""
+    for name, g in df.groupby(by, sort=False):
+        g = g.sort_values(x)
+        colour, marker = estimator_style(name)
+        ax.errorbar(g[x], g[y], yerr=[g[y] - g[low], g[high] - g[y]], color=colour, marker=marker,
+                    **{"ms": 3, "lw": 1.2, "capsize": 2, **style},
+                    label=label(name) if callable(label) else name)
+
+
+def log_axes(ax, title: str, xlabel: str, ylabel: str | None = None) -> None:
+    """Log-log axes with the studies' small type: a title, axis labels (``ylabel`` optional)."""
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel(xlabel, fontsize=8)
+    if ylabel:
+        ax.set_ylabel(ylabel, fontsize=8)
+    ax.tick_params(labelsize=7)
+
+
 def save_figure(fig, path: Path) -> str:
     import matplotlib.pyplot as plt
 
@@ -223,14 +212,6 @@ def save_figure(fig, path: Path) -> str:
     fig.savefig(path, dpi=80)
     plt.close(fig)
     return path.name
-
-
-def markdown_table(df: pd.DataFrame) -> str:
-    cols = [str(c) for c in df.columns]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    for row in df.itertuples(index=False):
-        lines.append("| " + " | ".join(str(v) for v in row) + " |")
-    return "\n".join(lines)
 
 
 def write_study_md(out_dir: Path, outcome: Outcome, method: str, body: str) -> None:
@@ -266,7 +247,7 @@ def write_study_md(out_dir: Path, outcome: Outcome, method: str, body: str) -> N
         *[f"![{f}]({f})" for f in outcome.figures],
         "",
     ]
-    (out_dir / "study.md").write_text("\n".join(text))
+    atomic_write_text(out_dir / "study.md", "\n".join(text))
 
 
 def write_summary(out_dir: Path, outcome: Outcome) -> None:
@@ -276,7 +257,7 @@ def write_summary(out_dir: Path, outcome: Outcome) -> None:
         "headline": outcome.headline, "figures": outcome.figures, "quick": outcome.quick,
         "wall_seconds": outcome.wall_seconds, "details": outcome.details,
     }
-    (out_dir / "summary.json").write_text(json.dumps(data, indent=2, default=float) + "\n")
+    atomic_write_text(out_dir / "summary.json", json.dumps(data, indent=2, default=float) + "\n")
 
 
 def run_study(name: str, out_dir: str | os.PathLike, config: Config = Config()) -> Outcome:
@@ -300,107 +281,3 @@ def run_study(name: str, out_dir: str | os.PathLike, config: Config = Config()) 
             fh.write(f"\nWall time: {outcome.wall_seconds:.1f} s ({config.threads} torch thread"
                      f"{'s' if config.threads > 1 else ''}, seed {config.seed}).\n")
     return outcome
-
-
-# --------------------------------------------------------------------------------------------
-# README
-# --------------------------------------------------------------------------------------------
-def results_block(outcomes: list[Outcome], figure_dir: str) -> str:
-    """Markdown for the README's results block: per study the claim, verdict, numbers, figures."""
-    lines = [
-        "Produced by `gradnoise study all --out-dir DIR --update-readme README.md`; details, methods",
-        "and every number's interval in each study's `study.md` (see [docs/studies.md](docs/studies.md)).",
-        "Intervals are 95%.",
-        "",
-    ]
-    for o in outcomes:
-        lines += [
-            f"### {o.title}",
-            "",
-            f"*Claim:* {o.claim} **Verdict: {o.verdict_text}** "
-            f"(`gradnoise study {o.name}`{', quick mode' if o.quick else ''}, {o.wall_seconds:.0f} s).",
-            "",
-            *[f"- {line}" for line in o.headline],
-            "",
-            *[f"![{o.name}: {f}]({figure_dir}/{o.name}-{f})" for f in o.figures],
-            "",
-        ]
-    return "\n".join(lines).rstrip() + "\n"
-
-
-def update_readme(readme: str | os.PathLike, outcomes: list[Outcome], out_dir: Path) -> None:
-    """Replace the text between the results markers; copy the figures to ``docs/results/``."""
-    readme = Path(readme)
-    text = readme.read_text()
-    pattern = re.compile(re.escape(README_START) + r".*?" + re.escape(README_END), re.S)
-    if not pattern.search(text):
-        raise ValueError(f"{readme} has no {README_START} ... {README_END} block")
-    figure_dir = readme.parent / "docs" / "results"
-    figure_dir.mkdir(parents=True, exist_ok=True)
-    for o in outcomes:
-        for f in o.figures:
-            shutil.copyfile(out_dir / o.name / f, figure_dir / f"{o.name}-{f}")
-    block = f"{README_START}\n{results_block(outcomes, 'docs/results')}{README_END}"
-    readme.write_text(pattern.sub(lambda _: block, text, count=1))
-
-
-# --------------------------------------------------------------------------------------------
-# Command line
-# --------------------------------------------------------------------------------------------
-def run_command(args: argparse.Namespace) -> int:
-    if args.list:
-        for s in _STUDIES.values():
-            print(f"  {s.name:<20} {s.summary}")
-        print(f"  {'all':<20} every study above, each into OUT_DIR/NAME")
-        return 0
-    if not args.name:
-        raise ValueError("name a study (see `gradnoise study --list`) or pass --list")
-    if args.out_dir is None:
-        raise ValueError("--out-dir is required")
-    if args.update_readme and args.name != "all":
-        raise ValueError("--update-readme needs `gradnoise study all` (the block shows every study)")
-    if args.threads < 1:
-        raise ValueError(f"--threads must be >= 1, got {args.threads}")
-    config = Config(quick=args.quick, seed=args.seed, threads=args.threads)
-    names = study_names() if args.name == "all" else [get_study(args.name).name]
-    out = Path(args.out_dir)
-    outcomes = []
-    for name in names:
-        target = out / name if args.name == "all" else out
-        print(f"study {name}{' (quick)' if args.quick else ''} -> {target}", file=sys.stderr)
-        o = run_study(name, target, config)
-        print(f"{name}: claim {o.verdict_text} ({o.wall_seconds:.1f} s)")
-        for line in o.headline:
-            print(f"  - {line}")
-        outcomes.append(o)
-    if args.update_readme:
-        update_readme(args.update_readme, outcomes, out)
-        print(f"updated the results block of {args.update_readme}")
-    return 0
-
-
-def add_parsers(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "study", help="run a study of a published claim (tables, fits, figures, study.md)",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Reproduce a published claim about gradient estimators: measure, fit, plot, and\n"
-        "write study.md with the claim, the numbers (95% intervals) and whether it held.",
-        epilog="examples:\n"
-        "  gradnoise study --list\n"
-        "  gradnoise study no-single-winner --out-dir out/no-single-winner\n"
-        "  gradnoise study iwae-snr --out-dir /tmp/snr --quick\n"
-        "  gradnoise study all --out-dir out --update-readme README.md",
-    )
-    p.add_argument("name", nargs="?", metavar="NAME", help="study name, or 'all'")
-    p.add_argument("--list", action="store_true", help="list the studies")
-    p.add_argument("--out-dir", metavar="DIR", help="output folder (for 'all': one sub-folder per study)")
-    p.add_argument("--quick", action="store_true", help="reduced sizes (seconds; numbers indicative only)")
-    p.add_argument("--seed", type=int, default=0, help="master seed (default: %(default)s)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads while measuring (default: %(default)s)")
-    p.add_argument("--update-readme", metavar="README", help="with 'all': rewrite the README's results block "
-                   "and copy the figures to docs/results/ beside it")
-    p.set_defaults(func=run_command)
-
-
-# the studies register themselves on import (at the end: they import the helpers above)
-from . import studies_vae, studies_iwae, studies_gaussian, studies_measure_valued  # noqa: E402,F401

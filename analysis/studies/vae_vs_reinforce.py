@@ -18,10 +18,11 @@ from pathlib import Path
 import pandas as pd
 
 import estimators as gn
+from estimators.io import atomic_write_csv, fmt, fmt_ci, markdown_table
 
-from .studies import (
-    Config, Outcome, cell_rows, fmt, fmt_ci, markdown_table, new_figure, parameter_groups,
-    ratio_interval, save_figure, study, write_csv, write_results, write_study_md,
+from .base import (
+    Config, Outcome, cell_rows, errorbar_series, log_axes, new_figure, ratio_interval,
+    save_figure, study, with_options, write_results, write_study_md,
 )
 
 SCORE_FUNCTION = ("reinforce", "reinforce-loo", "reinforce-optimal")
@@ -69,32 +70,16 @@ def ratio_table(results: pd.DataFrame) -> pd.DataFrame:
 
 def figure(results: pd.DataFrame, ratios: pd.DataFrame, checkpoints, path: Path) -> str:
     fig, axes = new_figure(2, len(checkpoints), width=3.4, height=2.8)
-    colors = {"reinforce": "tab:red", "reinforce-loo": "tab:purple", "reinforce-optimal": "tab:green",
-              "reparam": "tab:blue"}
     enc = results[results["param"] == GROUP]
     for j, ckpt in enumerate(checkpoints):
         top, bottom = axes[0, j], axes[1, j]
         sel = enc[enc["problem"].map(lambda p: gn.parse_spec(p)[1]["checkpoint"]) == ckpt]
-        for est, g in sel.groupby("estimator"):
-            g = g.sort_values("budget")
-            top.errorbar(g["budget"], g["variance"], yerr=[g["variance"] - g["variance_ci_low"],
-                                                           g["variance_ci_high"] - g["variance"]],
-                         marker="o", ms=3, capsize=2, lw=1.2, color=colors.get(est), label=est)
-        r = ratios[ratios["checkpoint"] == ckpt]
-        for est, g in r.groupby("estimator"):
-            g = g.sort_values("budget")
-            bottom.errorbar(g["budget"], g["ratio"], yerr=[g["ratio"] - g["ratio_ci_low"], g["ratio_ci_high"] - g["ratio"]],
-                            marker="o", ms=3, capsize=2, lw=1.2, color=colors.get(est), label=f"{est} / reparam")
+        errorbar_series(top, sel, "budget", "variance", "variance_ci_low", "variance_ci_high")
+        errorbar_series(bottom, ratios[ratios["checkpoint"] == ckpt], "budget", "ratio", "ratio_ci_low",
+                        "ratio_ci_high", label=lambda est: f"{est} / reparam")
         bottom.axhline(1.0, color="gray", lw=0.8, ls=":")
-        for ax in (top, bottom):
-            ax.set_xscale("log")
-            ax.set_yscale("log")
-            ax.set_xlabel("budget N", fontsize=8)
-            ax.tick_params(labelsize=7)
-        top.set_title(f"checkpoint: {ckpt}", fontsize=9)
-        if j == 0:
-            top.set_ylabel("encoder gradient variance (trace)", fontsize=8)
-            bottom.set_ylabel("variance ratio to reparam", fontsize=8)
+        log_axes(top, f"checkpoint: {ckpt}", "budget N", "encoder gradient variance (trace)" if j == 0 else None)
+        log_axes(bottom, "", "budget N", "variance ratio to reparam" if j == 0 else None)
     axes[0, 0].legend(fontsize=6)
     axes[1, 0].legend(fontsize=6)
     return save_figure(fig, path)
@@ -106,18 +91,15 @@ def run(out: Path, config: Config) -> Outcome:
     sizes = QUICK if config.quick else FULL
     rows = []
     for ckpt in sizes.checkpoints:
-        problem = gn.make_problem(f"{sizes.problem},checkpoint={ckpt}" if ":" in sizes.problem
-                                  else f"{sizes.problem}:checkpoint={ckpt}")
-        if sizes.oracle_samples is not None:
-            problem.oracle_samples = sizes.oracle_samples
-        groups = parameter_groups(problem)
+        problem = gn.make_problem(with_options(sizes.problem, checkpoint=ckpt, oracle_samples=sizes.oracle_samples))
+        groups = problem.groups
         for name in SCORE_FUNCTION + (PATHWISE,):
             estimator = gn.get_estimator(name)
             for n in sizes.budgets:
                 rows += cell_rows(problem, estimator, n, sizes.replicates, config.seed, groups)[0]
     results = write_results(rows, out)
     ratios = ratio_table(results)
-    write_csv(ratios, out / "ratios.csv")
+    atomic_write_csv(ratios, out / "ratios.csv")
     figures = [figure(results, ratios, sizes.checkpoints, out / "encoder_variance.png")]
 
     held = bool((ratios["ratio_ci_low"] > 1).all())

@@ -24,10 +24,11 @@ from pathlib import Path
 import pandas as pd
 
 import estimators as gn
+from estimators.io import atomic_write_csv, fmt, fmt_ci, markdown_table
 
-from .studies import (
-    Config, Outcome, cell_rows, fmt, fmt_ci, markdown_table, new_figure, ratio_interval,
-    save_figure, study, write_csv, write_results, write_study_md,
+from .base import (
+    Config, Outcome, cell_rows, errorbar_series, log_axes, new_figure, ratio_interval,
+    save_figure, study, write_results, write_study_md,
 )
 
 COSTS = {
@@ -125,24 +126,13 @@ def judge(ranking: pd.DataFrame) -> tuple[bool, list[str], dict]:
 
 def figure(table: pd.DataFrame, path: Path) -> str:
     fig, axes = new_figure(2, len(COSTS), width=3.6, height=2.9)
-    colors = {"reinforce": "tab:red", "reinforce-ema": "tab:orange", "reinforce-loo": "tab:purple",
-              "reparam": "tab:blue"}
     for j, cost in enumerate(COSTS):
         for i, param in enumerate(("loc", "scale")):
             ax = axes[i, j]
-            for est, g in table[(table["cost"] == cost) & (table["param"] == param)].groupby("estimator"):
-                g = g.sort_values("k")
-                label = f"{est} (2 Var at N=2)" if est == "reinforce-loo" else est
-                ax.errorbar(g["k"], g["per_sample_variance"],
-                            yerr=[g["per_sample_variance"] - g["ci_low"], g["ci_high"] - g["per_sample_variance"]],
-                            marker="o", ms=3, lw=1.2, capsize=2, color=colors.get(est), label=label)
-            ax.set_xscale("log")
-            ax.set_yscale("log")
-            ax.set_title(f"{COSTS[cost]}: d/d{param}", fontsize=9)
-            ax.set_xlabel("k", fontsize=8)
-            if j == 0:
-                ax.set_ylabel("per-sample variance", fontsize=8)
-            ax.tick_params(labelsize=7)
+            errorbar_series(ax, table[(table["cost"] == cost) & (table["param"] == param)], "k",
+                            "per_sample_variance", "ci_low", "ci_high",
+                            label=lambda est: f"{est} (2 Var at N=2)" if est == "reinforce-loo" else est)
+            log_axes(ax, f"{COSTS[cost]}: d/d{param}", "k", "per-sample variance" if j == 0 else None)
     axes[0, 0].legend(fontsize=6)
     return save_figure(fig, path)
 
@@ -163,8 +153,8 @@ def run(out: Path, config: Config) -> Outcome:
     results = write_results(rows, out)
     table = per_sample_table(results)
     ranking = ranking_table(table)
-    write_csv(table, out / "per_sample.csv")
-    write_csv(ranking, out / "ranking.csv")
+    atomic_write_csv(table, out / "per_sample.csv")
+    atomic_write_csv(ranking, out / "ranking.csv")
     figures = [figure(table, out / "variance_over_k.png")]
     held, headline, details = judge(ranking)
 

@@ -47,10 +47,13 @@ import pandas as pd
 from scipy import integrate
 
 import estimators as gn
+from estimators.io import atomic_write_csv, fmt, fmt_ci, markdown_table
+from estimators.statistics import log_se
 
-from .studies import (
-    Config, Outcome, cell_rows, fmt, fmt_ci, log_se, markdown_table, new_figure, save_figure, study,
-    write_csv, write_results, write_study_md,
+from ..plot import estimator_style
+from .base import (
+    Config, Outcome, cell_rows, errorbar_series, log_axes, new_figure, save_figure, study,
+    write_results, write_study_md,
 )
 
 COSTS = {
@@ -319,25 +322,15 @@ def judge(table: pd.DataFrame) -> tuple[bool, list[str], dict, pd.DataFrame]:
 
 def figure(table: pd.DataFrame, path: Path) -> str:
     fig, axes = new_figure(2, len(COSTS), width=3.6, height=2.9)
-    colors = {"reinforce": "tab:red", "reinforce-delta": "tab:orange", "reparam": "tab:blue",
-              "measure-valued": "tab:green"}
     for j, cost in enumerate(COSTS):
         for i, param in enumerate(("loc", "scale")):
             ax = axes[i, j]
             shown = table[(table["cost"] == cost) & (table["param"] == param) & ~table["exact_zero"]]
             for est, g in shown.groupby("estimator", sort=False):
                 g = g.sort_values("k")
-                ax.plot(g["k"], g["exact_variance"], color=colors.get(est), lw=1.0, alpha=0.6)
-                ax.errorbar(g["k"], g["per_sample_variance"],
-                            yerr=[g["per_sample_variance"] - g["ci_low"], g["ci_high"] - g["per_sample_variance"]],
-                            marker="o", ms=3, lw=0, elinewidth=1.2, capsize=2, color=colors.get(est), label=est)
-            ax.set_xscale("log")
-            ax.set_yscale("log")
-            ax.set_title(f"{COSTS[cost]}: d/d{param}", fontsize=9)
-            ax.set_xlabel("k", fontsize=8)
-            if j == 0:
-                ax.set_ylabel("per-sample variance", fontsize=8)
-            ax.tick_params(labelsize=7)
+                ax.plot(g["k"], g["exact_variance"], color=estimator_style(est)[0], lw=1.0, alpha=0.6)
+            errorbar_series(ax, shown, "k", "per_sample_variance", "ci_low", "ci_high", lw=0, elinewidth=1.2)
+            log_axes(ax, f"{COSTS[cost]}: d/d{param}", "k", "per-sample variance" if j == 0 else None)
     axes[0, 1].legend(fontsize=6, title="points: measured; lines: exact", title_fontsize=6)
     return save_figure(fig, path)
 
@@ -349,8 +342,8 @@ def run(out: Path, config: Config) -> Outcome:
     rows, table = measure(sizes, config.seed)
     write_results(rows, out)
     held, headline, details, cells, verdict = judge(table)
-    write_csv(table, out / "per_sample.csv")
-    write_csv(cells, out / "ranking.csv")
+    atomic_write_csv(table, out / "per_sample.csv")
+    atomic_write_csv(cells, out / "ranking.csv")
     figures = [figure(table, out / "variance_over_k.png")]
     z = table["z_vs_exact"].abs().dropna()
     zeros = table[table["exact_zero"]]

@@ -50,11 +50,13 @@ import torch
 from scipy import stats
 
 import estimators as gn
+from estimators.io import atomic_write_csv, fmt, fmt_ci, markdown_table
 
-from .fit import fit_power_law
-from .studies import (
-    Config, Outcome, cell_rows, fmt, fmt_ci, markdown_table, new_figure, parameter_groups, save_figure,
-    study, write_csv, write_results, write_study_md,
+from ..fit import fit_power_law
+from ..plot import estimator_style
+from .base import (
+    Config, Outcome, cell_rows, log_axes, new_figure, save_figure, study, with_options,
+    write_results, write_study_md,
 )
 
 ESTIMATORS = ("iwae", "iwae-dreg")
@@ -254,18 +256,19 @@ def judge(fits: pd.DataFrame, engine_fits: pd.DataFrame) -> tuple[bool | None, s
 def figure(snr: pd.DataFrame, fits: pd.DataFrame, path: Path) -> str:
     problems = list(dict.fromkeys(snr["problem"]))
     fig, axes = new_figure(1, len(problems), width=4.2, height=3.4)
-    style = {("iwae", "encoder"): ("tab:red", "o", "-"), ("iwae", "decoder"): ("tab:blue", "o", "-"),
-             ("iwae-dreg", "encoder"): ("tab:orange", "s", "--"), ("iwae-dreg", "decoder"): ("tab:cyan", "s", "--")}
+    # colour by estimator (the same in every figure); filled markers and solid lines for the
+    # encoder, hollow markers and dashed lines for the decoder
+    group_style = {"encoder": ("-", None), "decoder": ("--", "white")}
     for ax, problem in zip(axes[0], problems):
         for (est, group), g in snr[snr["problem"] == problem].groupby(["estimator", "group"]):
-            color, marker, ls = style.get((est, group), ("gray", "x", ":"))
+            (color, marker), (ls, face) = estimator_style(est), group_style.get(group, (":", None))
             g = g.sort_values("K")
             f = fits[(fits["problem"] == problem) & (fits["estimator"] == est) & (fits["group"] == group)
                      & (fits["K_from"] == ASYMPTOTIC_K)].iloc[0]
             label = f"{est} {group}: d={fmt(f['d'], 2)}"
             above = g[~g["at_noise_floor"]]
             ax.errorbar(above["K"], above["snr"], yerr=[above["snr"] - above["snr_ci_low"], above["snr_ci_high"] - above["snr"]],
-                        color=color, marker=marker, ms=3, ls="none", capsize=2)
+                        color=color, marker=marker, ms=3, ls="none", capsize=2, mfc=face or color)
             floor = g[g["at_noise_floor"]]
             if len(floor):
                 ax.scatter(floor["K"], floor["snr_ci_high"], marker="v", color=color, s=12)
@@ -277,12 +280,7 @@ def figure(snr: pd.DataFrame, fits: pd.DataFrame, path: Path) -> str:
                     start = f["c"] * ASYMPTOTIC_K ** f["d"]
                     ax.plot(ks, start * (ks / ASYMPTOTIC_K) ** target, color="gray", ls=":", lw=1.0,
                             label=f"K^{target:+.1f} (paper)")
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_title(problem.split(":")[0], fontsize=9)
-        ax.set_xlabel("K (importance samples)", fontsize=8)
-        ax.set_ylabel("SNR = ||E g|| / sqrt(tr Var g)", fontsize=8)
-        ax.tick_params(labelsize=7)
+        log_axes(ax, problem.split(":")[0], "K (importance samples)", "SNR = ||E g|| / sqrt(tr Var g)")
         ax.legend(fontsize=6)
     return save_figure(fig, path)
 
@@ -294,10 +292,8 @@ def run(out: Path, config: Config) -> Outcome:
     rng = np.random.default_rng(config.seed)
     rows, snr = [], []
     for spec, ks, replicates, oracle_samples in sizes.problems:
-        problem = gn.make_problem(spec)
-        if oracle_samples is not None:
-            problem.oracle_samples = oracle_samples
-        groups = parameter_groups(problem)
+        problem = gn.make_problem(with_options(spec, oracle_samples=oracle_samples))
+        groups = problem.groups
         for k in ks:
             moments = {}
             for name in ESTIMATORS:
@@ -310,8 +306,8 @@ def run(out: Path, config: Config) -> Outcome:
     write_results(rows, out)
     snr = pd.DataFrame(snr)
     fits = pd.concat([fit_table(snr, 1), fit_table(snr, ASYMPTOTIC_K)], ignore_index=True)
-    write_csv(snr, out / "snr.csv")
-    write_csv(fits, out / "snr_fits.csv")
+    atomic_write_csv(snr, out / "snr.csv")
+    atomic_write_csv(fits, out / "snr_fits.csv")
     figures = [figure(snr, fits, out / "snr_over_k.png")]
     engine_fits = pd.read_csv(out / "fits.csv")
     held, verdict, headline, details = judge(fits, engine_fits)
