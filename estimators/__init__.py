@@ -18,12 +18,15 @@ from .registry import (
 from . import score_function, pathwise, importance_weighted  # noqa: F401  (fill the registry)
 from . import vimco  # noqa: F401  (fill the registry)
 from . import digits  # noqa: F401  (fill the registry)
+from . import discrete, discrete_problems  # noqa: F401  (fill the registry)
 from .baselines import Baseline, LeaveOneOut, MovingAverage, OptimalConstant
 from .score_function import ScoreFunction
 from .pathwise import Pathwise
 from .importance_weighted import DoublyReparameterised, ImportanceWeighted, StickingTheLanding
 from .vimco import VIMCO
 from .digits import DigitsVAE
+from .discrete import ARM, DisARM, GumbelSoftmax, StraightThrough
+from .discrete_problems import BernoulliProblem
 from .problems import ExpectationProblem, LinearGaussianVAE, ModelProblem
 from .engine import COLUMNS, cell_seed, measure, measure_cell, replicate_estimates, summarise_estimates
 
@@ -35,4 +38,5 @@ __all__ = [
     "measure_cell", "parse_spec", "problem_names", "register_estimator", "register_problem",
     "replicate", "replicate_estimates", "summarise_estimates",
     "DoublyReparameterised", "StickingTheLanding", "VIMCO", "DigitsVAE",
+    "ARM", "DisARM", "GumbelSoftmax", "StraightThrough", "BernoulliProblem",
 ]

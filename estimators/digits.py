@@ -52,6 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.distributions import Bernoulli, Independent, Normal
+from torch.distributions.relaxed_bernoulli import LogitRelaxedBernoulli
 
 from .base import Objective, Params, Truth
 from .problems import ORACLE_SAMPLES, ModelProblem, _autograd_truth, oracle_truth
@@ -159,10 +160,14 @@ class DigitsModel:
         """:math:`q_\\phi(z\\mid x)` over all points: batch ``L``, event ``(B, latent)``."""
         return Independent(self.encoder_points(params), 1)
 
+    def log_likelihood_points(self, z: Tensor, params: Params) -> Tensor:
+        """:math:`\\log p_\\theta(x_b\\mid z_b)`: ``S + L + (B, latent)`` to ``S + L + (B,)`` (any real z)."""
+        logits = mlp(z, params, "decoder")
+        return (self.x * logits - F.softplus(logits)).sum(-1)
+
     def log_joint_points(self, z: Tensor, params: Params) -> Tensor:
         """:math:`\\log p(z_b) + \\log p_\\theta(x_b\\mid z_b)`: ``S + L + (B, latent)`` to ``S + L + (B,)``."""
-        logits = mlp(z, params, "decoder")
-        likelihood = (self.x * logits - F.softplus(logits)).sum(-1)
+        likelihood = self.log_likelihood_points(z, params)
         if self.kind == "gaussian":
             prior = -0.5 * (z.square() + math.log(2 * math.pi)).sum(-1)
         else:
@@ -295,6 +300,28 @@ class DigitsVAE(ModelProblem):
         model = self._model()
         log_q = model.encoder_points(params).log_prob(z)                            # (M, B)
         return (log_q.exp() * (model.log_joint_points(z, params) - log_q)).sum()
+
+    def relaxed_cost(self, y: Tensor, params: Params, temperature: float) -> Tensor:
+        r"""Bernoulli latents only: the relaxed ELBO integrand of Maddison et al. (2017, App. C).
+
+        .. math:: \tilde f(y) = \log p_\theta(x\mid\sigma(y)) + \log g_{0,\tau}(y)
+                  - \log g_{\phi,\tau}(y\mid x),
+
+        at logistic samples :math:`y = (\mathrm{logits}_\phi + \log u - \log(1-u))/\tau` of shape
+        ``S + L + (B, latent)``, with :math:`g_{\lambda,\tau}` the ``LogitRelaxedBernoulli``
+        density of logits :math:`\lambda` (the prior's are 0: Bernoulli(1/2)) at temperature
+        :math:`\tau`, the same for prior and posterior. Returns ``S + L`` (summed over points).
+        Its expectation is the relaxed ELBO, whose gradient ``gumbel-softmax`` estimates.
+        """
+        if self.kind != "bernoulli":
+            raise ValueError("relaxed_cost needs Bernoulli latents (digits-bernoulli-vae)")
+        model = self._model()
+        logits = model.encoder_points(params).base_dist.logits                   # L + (B, latent)
+        tau = torch.as_tensor(temperature, dtype=y.dtype, device=y.device)
+        prior = LogitRelaxedBernoulli(tau, logits=torch.zeros_like(logits)).log_prob(y)
+        posterior = LogitRelaxedBernoulli(tau, logits=logits).log_prob(y)
+        points = model.log_likelihood_points(torch.sigmoid(y), params) + (prior - posterior).sum(-1)
+        return points.sum(-1)
 
     def true_gradient(self, objective=Objective()) -> Truth:
         objective = objective.canonical()
