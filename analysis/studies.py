@@ -404,3 +404,4 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 # the studies register themselves on import (at the end: they import the helpers above)
 from . import studies_vae, studies_iwae, studies_gaussian  # noqa: E402,F401
+from . import studies_discrete  # noqa: E402,F401
