@@ -26,6 +26,10 @@ STUDY_TABLES = {
         "ranking.csv": ["cost", "k", "param", "ranking", "winner", "pathwise_over_best_sf", "ratio_ci_low",
                         "ratio_ci_high", "verdict"],
     },
+    "discrete-estimators": {
+        "ratios.csv": ["checkpoint", "evaluations", "estimator", "budget", "ratio", "ratio_ci_low", "ratio_ci_high"],
+        "bias.csv": ["checkpoint", "evaluations", "estimator", "budget", "relative_bias", "bias_z"],
+    },
 }
 
 
@@ -39,8 +43,8 @@ def quick_runs(tmp_path_factory):
     return runs
 
 
-def test_the_three_studies_are_registered():
-    assert studies.study_names() == ["vae-vs-reinforce", "iwae-snr", "no-single-winner"]
+def test_the_studies_are_registered():
+    assert studies.study_names() == ["vae-vs-reinforce", "iwae-snr", "no-single-winner", "discrete-estimators"]
     with pytest.raises(KeyError, match="valid studies: vae-vs-reinforce"):
         studies.get_study("no-such-study")
 
@@ -116,6 +120,21 @@ def test_no_single_winner_ranks_every_cost_k_and_param(quick_runs):
     # at k = 10 the cosine cost's pathwise gradient (variance ~ k^2/2) loses by far
     cos = ranking[(ranking["cost"] == "gaussian-cos") & (ranking["k"] == 10)]
     assert (cos["verdict"] == "score function wins").all()
+
+
+def test_discrete_estimators_compare_at_equal_evaluations(quick_runs):
+    out, outcome = quick_runs["discrete-estimators"]
+    enc = pd.read_csv(out / "results.csv").query("param == 'encoder'")
+    assert set(enc["estimator"]) == {"reinforce-loo", "vimco", "arm", "disarm", "gumbel-softmax", "straight-through"}
+    for evals, g in enc.groupby("cost_evals"):
+        assert len(g) == 6 * 2                                   # every estimator at both checkpoints
+        budgets = dict(zip(g["estimator"], g["budget"]))
+        assert budgets["arm"] == budgets["disarm"] == evals // 2 and budgets["reinforce-loo"] == evals
+    assert set(enc.loc[enc["estimator"] == "vimco", "truth_kind"]) == {"oracle"}
+    assert set(enc.loc[enc["estimator"] != "vimco", "truth_kind"]) == {"enumeration"}
+    ratios = pd.read_csv(out / "ratios.csv")
+    assert "disarm" not in set(ratios["estimator"]) and len(ratios) == 5 * 2 * 2
+    assert outcome.verdict_text.startswith("held" if outcome.held else "did not hold")
 
 
 def test_group_rows_match_the_engine_and_statistics():
