@@ -26,7 +26,7 @@ from .importance_weighted import DoublyReparameterised, ImportanceWeighted, Stic
 from .vimco import VIMCO
 from .digits import DigitsVAE
 from .discrete import ARM, DisARM, GumbelSoftmax, StraightThrough
-from .discrete_problems import BernoulliProblem
+from .discrete_problems import BernoulliProblem, StoppedScoreTerm
 from .problems import ExpectationProblem, LinearGaussianVAE, ModelProblem
 from .engine import COLUMNS, cell_seed, measure, measure_cell, replicate_estimates, summarise_estimates
 
@@ -38,5 +38,5 @@ __all__ = [
     "measure_cell", "parse_spec", "problem_names", "register_estimator", "register_problem",
     "replicate", "replicate_estimates", "summarise_estimates",
     "DoublyReparameterised", "StickingTheLanding", "VIMCO", "DigitsVAE",
-    "ARM", "DisARM", "GumbelSoftmax", "StraightThrough", "BernoulliProblem",
+    "ARM", "DisARM", "GumbelSoftmax", "StraightThrough", "BernoulliProblem", "StoppedScoreTerm",
 ]

@@ -13,8 +13,10 @@ Models (small MLPs, tanh hidden layer, PyTorch ``nn.Linear`` initialisation):
   :math:`(\mu, \log\sigma) = \mathrm{enc}_\phi(x)`. Trained by the reparameterised ELBO gradient.
 * ``digits-bernoulli-vae``: :math:`p(z) = \prod_l \mathrm{Bernoulli}(z_l; \tfrac12)`, the same
   decoder, :math:`q_\phi(z\mid x) = \prod_l \mathrm{Bernoulli}(z_l; \sigma(\mathrm{enc}_\phi(x)_l))`.
-  No ``rsample``: only score-function estimators apply (``reinforce*``, ``vimco``); pathwise ones
-  (``reparam``, ``iwae*``) are refused by :meth:`GradientEstimator.check`. Trained by REINFORCE
+  No ``rsample``: score-function estimators (``reinforce*``, ``vimco``), the antithetic ``arm``
+  and ``disarm`` and the relaxations (``gumbel-softmax`` on the relaxed ELBO of
+  :meth:`DigitsVAE.relaxed_cost`, ``straight-through``) apply; pathwise ones (``reparam``,
+  ``iwae*``) are refused by :meth:`GradientEstimator.check`. Trained by REINFORCE
   with a leave-one-out baseline over 8 samples per image.
 
 Parameters are named like ``nn.Sequential(Linear, Tanh, Linear)``'s state dict, under

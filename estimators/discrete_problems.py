@@ -7,6 +7,9 @@ r"""Toy problems with discrete latents and exact truths by enumeration.
 * ``categorical-toy``: one one-hot categorical :math:`x \sim \mathrm{OneHotCategorical}(\theta)`
   over K classes with a fixed cost :math:`c_k` per class, cost :math:`c^\top x` (linear, so that a
   relaxed sample on the simplex gets the interpolated cost); truth by enumerating the K classes.
+
+:class:`StoppedScoreTerm` wraps a model problem so that its cost leaves out the zero-mean term
+:math:`-\nabla_\phi \log q_\phi(z)`: the form of the encoder gradient in the ARM and DisARM papers.
 """
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ import torch
 from torch import Tensor
 from torch.distributions import Bernoulli, Independent, OneHotCategorical
 
-from .base import Truth, evaluate_cost
+from .base import Objective, Problem, Truth, evaluate_cost
 from .problems import ExpectationProblem, _autograd_truth
 from .registry import register_problem
 
@@ -102,3 +105,44 @@ def categorical_toy(*, k: int = 3, spread: float = 1.0, t: float = 0.45):
         lambda logits: OneHotCategorical(logits=logits), {"logits": spread * (grid - 0.5)},
         lambda x: (x * costs).sum(-1), name="categorical-toy",
     )
+
+
+class StoppedScoreTerm(Problem):
+    r"""A model problem with the encoder's parameters stopped inside :math:`\log q` in the cost.
+
+    .. math:: \bar f_\phi(z) = \log p_\theta(x, z) - \log q_{\mathrm{sg}(\phi)}(z\mid x).
+
+    :math:`\mathbb{E}_q[\nabla_\phi \bar f] = \mathbb{E}_q[\nabla_\phi f] + \mathbb{E}_q[\nabla_\phi
+    \log q_\phi(z)]` and the last term is zero, so the ELBO gradient (the truth, taken from the
+    wrapped problem) is unchanged, and every estimator that uses the cost as a number plus its
+    direct gradient (``reinforce*``, ``arm``, ``disarm``) stays unbiased for it, without the
+    zero-mean term :math:`-\nabla_\phi\log q_\phi(z)` at fixed :math:`z`. That is the form in
+    which Yin & Zhou (2019) and Dong et al. (2020) write the encoder gradient (learning signal
+    times the gradient of the logits only). Only the ELBO: for the IWAE bound with K > 1 the
+    dropped term has a non-zero mean (cf. ``iwae-stl``), so other objectives are refused.
+    ``spec`` is the wrapped problem's with ``score_term=stopped`` appended.
+    """
+
+    is_model = True
+
+    def __init__(self, problem: Problem):
+        if not problem.is_model:
+            raise ValueError(f"StoppedScoreTerm needs a model problem; {problem.spec!r} is a plain expectation")
+        self.problem, self.params = problem, problem.params
+        self.spec = f"{problem.spec}{',' if ':' in problem.spec else ':'}score_term=stopped"
+
+    def distribution(self, params):
+        return self.problem.distribution(params)
+
+    def log_joint(self, z, params):
+        return self.problem.log_joint(z, params)
+
+    def cost(self, z, params):
+        frozen = {k: v.detach() for k, v in params.items()}
+        return self.problem.log_joint(z, params) - self.problem.distribution(frozen).log_prob(z)
+
+    def true_gradient(self, objective=Objective()):
+        if objective.canonical() != Objective():
+            raise ValueError(f"problem {self.spec!r} has only the ELBO objective (the stopped score "
+                             f"term has a non-zero mean under {objective})")
+        return self.problem.true_gradient()

@@ -125,15 +125,19 @@ def test_no_single_winner_ranks_every_cost_k_and_param(quick_runs):
 def test_discrete_estimators_compare_at_equal_evaluations(quick_runs):
     out, outcome = quick_runs["discrete-estimators"]
     enc = pd.read_csv(out / "results.csv").query("param == 'encoder'")
-    assert set(enc["estimator"]) == {"reinforce-loo", "vimco", "arm", "disarm", "gumbel-softmax", "straight-through"}
+    stopped = enc["problem"].str.contains("score_term=stopped")
+    assert set(enc.loc[~stopped, "estimator"]) == {"reinforce-loo", "vimco", "arm", "disarm", "gumbel-softmax",
+                                                   "straight-through"}
+    assert set(enc.loc[stopped, "estimator"]) == {"reinforce-loo", "arm", "disarm"}
     for evals, g in enc.groupby("cost_evals"):
-        assert len(g) == 6 * 2                                   # every estimator at both checkpoints
+        assert len(g) == (6 + 3) * 2                             # every estimator at both checkpoints
         budgets = dict(zip(g["estimator"], g["budget"]))
         assert budgets["arm"] == budgets["disarm"] == evals // 2 and budgets["reinforce-loo"] == evals
     assert set(enc.loc[enc["estimator"] == "vimco", "truth_kind"]) == {"oracle"}
     assert set(enc.loc[enc["estimator"] != "vimco", "truth_kind"]) == {"enumeration"}
     ratios = pd.read_csv(out / "ratios.csv")
-    assert "disarm" not in set(ratios["estimator"]) and len(ratios) == 5 * 2 * 2
+    assert "disarm" not in set(ratios["estimator"]) and len(ratios) == (5 + 2) * 2 * 2
+    assert set(ratios["form"]) == {"full", "stopped"}
     assert outcome.verdict_text.startswith("held" if outcome.held else "did not hold")
 
 
