@@ -194,12 +194,16 @@ class GumbelSoftmax(Relaxation):
     expectation :math:`\tilde f = f` evaluated at the relaxed sample (the cost must accept values
     in :math:`[0,1]^D` or on the simplex). On model problems :math:`\tilde f` is the relaxed ELBO
     integrand of Maddison et al. (2017, Appendix C), supplied by the problem as
-    ``relaxed_cost(y, params, temperature)``: :math:`\log p_\theta(x\mid\sigma(y)) + \log
-    g_{\lambda,\tau}(y) - \log g_{\theta(\phi),\tau}(y\mid x)`, with :math:`g` the logistic
-    densities of the relaxed prior and posterior (``LogitRelaxedBernoulli``). Unbiased for the
-    gradient of the *relaxed* objective; **biased** for the discrete objective, which is what the
-    suite compares it with (``unbiased = False``); the bias vanishes only as :math:`\tau \to 0`,
-    where the variance grows. n evaluations of the relaxed cost (and their gradients).
+    ``relaxed_cost(y, params, temperature)`` with ``y`` the logistic variable of shape
+    ``(n, R, *event)`` (Bernoulli latents) or the relaxed one-hot sample (categorical):
+    :math:`\log p_\theta(x\mid\sigma(y)) + \log g_{\lambda,\tau}(y) - \log
+    g_{\theta(\phi),\tau}(y\mid x)`, with :math:`g` the logistic densities of the relaxed prior
+    and posterior (``LogitRelaxedBernoulli``; see :meth:`estimators.digits.DigitsVAE.relaxed_cost`).
+    Unbiased for the gradient of the *relaxed* objective; **biased** for the discrete objective,
+    which is what the suite compares it with (``unbiased = False``). For a plain expectation
+    with a continuous cost the bias vanishes as :math:`\tau \to 0`, where the variance grows; the
+    relaxed ELBO need not tend to the ELBO. n evaluations of the relaxed cost (and their
+    gradients).
     """
 
     def check(self, problem, n):
@@ -233,9 +237,11 @@ class StraightThrough(Relaxation):
               \frac{\partial s_i}{\partial \phi} + \nabla_\phi f_\phi(b)\big|_{b = b_i}\Big].
 
     It targets the discrete objective :math:`\nabla\mathbb{E}_{q_\phi}[f_\phi(b)]` but is
-    **biased** for it (the relaxation's Jacobian is not the discrete derivative; the bias does
-    not vanish as :math:`\tau\to 0`). Needs a cost defined and differentiable on :math:`\mathbb{R}^D`
-    (the discrete ELBO integrand of a model problem is). n evaluations.
+    **biased** for it: the relaxation's Jacobian is not the discrete derivative, and the bias does
+    not vanish as :math:`\tau\to 0` (for one Bernoulli the mean tends to
+    :math:`\sigma'(\theta)\,\mathbb{E}[f'(b)]`, not :math:`\sigma'(\theta)(f(1) - f(0))`). Needs a
+    cost defined and differentiable on :math:`\mathbb{R}^D` (the discrete ELBO integrand of a model
+    problem is). n evaluations.
     """
 
     def estimate(self, problem, params, n, state):
