@@ -18,12 +18,16 @@ from .registry import (
 from . import score_function, pathwise, importance_weighted  # noqa: F401  (fill the registry)
 from . import vimco  # noqa: F401  (fill the registry)
 from . import measure_valued, control_variates  # noqa: F401  (fill the registry)
+from . import discrete  # noqa: F401  (fill the registry)
 from .baselines import Baseline, LeaveOneOut, MovingAverage, OptimalConstant
 from .score_function import ScoreFunction
 from .pathwise import Pathwise
 from .importance_weighted import DoublyReparameterised, ImportanceWeighted, StickingTheLanding
 from .vimco import VIMCO
-from .problems import DigitsVAE, ExpectationProblem, LinearGaussianVAE, ModelProblem
+from .problems import (
+    BernoulliProblem, DigitsVAE, ExpectationProblem, LinearGaussianVAE, ModelProblem, StoppedScoreTerm,
+)
+from .discrete import ARM, DisARM, GumbelSoftmax, StraightThrough
 from .engine import COLUMNS, cell_seed, measure, measure_cell, replicate_estimates, summarise_estimates
 
 __all__ = [
@@ -34,4 +38,5 @@ __all__ = [
     "measure_cell", "parse_spec", "problem_names", "register_estimator", "register_problem",
     "replicate", "replicate_estimates", "summarise_estimates",
     "DoublyReparameterised", "StickingTheLanding", "VIMCO", "DigitsVAE",
+    "ARM", "DisARM", "GumbelSoftmax", "StraightThrough", "BernoulliProblem", "StoppedScoreTerm",
 ]

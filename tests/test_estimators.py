@@ -18,6 +18,11 @@ FAST_PROBLEMS = [
     "bernoulli-toy", "linear-gaussian-vae",
 ]
 BUDGET, REPLICATES, SEED = 4, 4000, 20261125
+# biased pairs whose bias is exactly known to be below what 20000 replicates resolve: on
+# bernoulli-toy's defaults (theta=0, t=0.499) both relaxations have mean (1-2t)/6 against the
+# truth (1-2t)/4, a bias of -1.7e-4 beside a per-sample sd near 0.1; their bias is detected in
+# tests/test_discrete_estimators.py at settings that resolve it
+UNRESOLVED_BIAS = {("gumbel-softmax", "bernoulli-toy"), ("straight-through", "bernoulli-toy")}
 
 
 def _pairs(unbiased: bool):
@@ -28,7 +33,7 @@ def _pairs(unbiased: bool):
                 est.check(prob, BUDGET)
             except (gn.EstimatorNotApplicable, ValueError):
                 continue
-            if est.unbiased_at(BUDGET) == unbiased:
+            if est.unbiased_at(BUDGET) == unbiased and (unbiased or (e, p) not in UNRESOLVED_BIAS):
                 yield pytest.param(e, p, id=f"{e}-{p}")
 
 

@@ -33,6 +33,10 @@ STUDY_TABLES = {
                            "ci_high", "exact_variance", "exact_zero", "z_vs_exact", "rank"],
         "ranking.csv": ["cost", "k", "param", "ranking", "winner", "mv_below_sf", "mv_above_sf", "mv_over_sf"],
     },
+    "discrete-estimators": {
+        "ratios.csv": ["checkpoint", "evaluations", "estimator", "budget", "ratio", "ratio_ci_low", "ratio_ci_high"],
+        "bias.csv": ["checkpoint", "evaluations", "estimator", "budget", "relative_bias", "bias_z"],
+    },
 }
 
 
@@ -47,7 +51,8 @@ def quick_runs(tmp_path_factory):
 
 
 def test_the_studies_are_registered():
-    assert studies.study_names() == ["vae-vs-reinforce", "iwae-snr", "no-single-winner", "measure-valued"]
+    assert studies.study_names() == ["vae-vs-reinforce", "iwae-snr", "no-single-winner", "measure-valued",
+                                     "discrete-estimators"]
     with pytest.raises(KeyError, match="valid studies: vae-vs-reinforce"):
         studies.get_study("no-such-study")
 
@@ -139,6 +144,23 @@ def test_measure_valued_study_measures_what_quadrature_says(quick_runs):
     assert nonzero["z_vs_exact"].abs().max() < 4
     assert table.loc[table["exact_zero"], "estimator"].isin(["reinforce-delta", "measure-valued"]).all()
     assert outcome.verdict_text.startswith(("held", "did not hold"))
+def test_discrete_estimators_compare_at_equal_evaluations(quick_runs):
+    out, outcome = quick_runs["discrete-estimators"]
+    enc = pd.read_csv(out / "results.csv").query("param == 'encoder'")
+    stopped = enc["problem"].str.contains("score_term=stopped")
+    assert set(enc.loc[~stopped, "estimator"]) == {"reinforce-loo", "vimco", "arm", "disarm", "gumbel-softmax",
+                                                   "straight-through"}
+    assert set(enc.loc[stopped, "estimator"]) == {"reinforce-loo", "arm", "disarm"}
+    for evals, g in enc.groupby("cost_evals"):
+        assert len(g) == (6 + 3) * 2                             # every estimator at both checkpoints
+        budgets = dict(zip(g["estimator"], g["budget"]))
+        assert budgets["arm"] == budgets["disarm"] == evals // 2 and budgets["reinforce-loo"] == evals
+    assert set(enc.loc[enc["estimator"] == "vimco", "truth_kind"]) == {"oracle"}
+    assert set(enc.loc[enc["estimator"] != "vimco", "truth_kind"]) == {"enumeration"}
+    ratios = pd.read_csv(out / "ratios.csv")
+    assert "disarm" not in set(ratios["estimator"]) and len(ratios) == (5 + 2) * 2 * 2
+    assert set(ratios["form"]) == {"full", "stopped"}
+    assert outcome.verdict_text.startswith("held" if outcome.held else "did not hold")
 
 
 def test_group_rows_match_the_engine_and_statistics():

@@ -5,6 +5,6 @@ every study shares live in :mod:`.base`, the command line in :mod:`.cli`. Adding
 new module, imported below.
 """
 from .base import Config, Outcome, get_study, run_study, study, study_names
-from . import vae_vs_reinforce, iwae_snr, no_single_winner, measure_valued  # noqa: F401  (fill the registry)
+from . import vae_vs_reinforce, iwae_snr, no_single_winner, measure_valued, discrete_estimators  # noqa: F401,E501
 
 __all__ = ["Config", "Outcome", "get_study", "run_study", "study", "study_names"]

@@ -133,7 +133,7 @@ def run(out: Path, config: Config) -> Outcome:
     dec = results[results["param"] == "decoder"]
     method = f"""
 Problem `{sizes.problem}` (VAE with Gaussian latents and a Bernoulli decoder, MLPs, trained with a
-seed and cached; see `estimators/digits.py`) frozen at checkpoints {', '.join(sizes.checkpoints)};
+seed and cached; see `estimators/problems/digits.py`) frozen at checkpoints {', '.join(sizes.checkpoints)};
 budgets N in {{{', '.join(map(str, sizes.budgets))}}} (N >= 2 so that `reinforce-loo` runs at every
 budget); R = {sizes.replicates} independent estimates per cell; master seed {config.seed}. Truth:
 the problem's ELBO-gradient oracle from `reparam`

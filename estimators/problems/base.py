@@ -1,6 +1,7 @@
 r"""Bring your own problem: :class:`ExpectationProblem` takes any ``torch.distributions`` family
 built from a dict of parameter tensors plus a cost; :class:`ModelProblem` takes an encoder and a
-log joint. Their truths come from :mod:`estimators.problems.truths`.
+log joint; :class:`StoppedScoreTerm` wraps a model problem into the form the ARM and DisARM
+papers write the encoder gradient in. Truths come from :mod:`estimators.problems.truths`.
 """
 from __future__ import annotations
 
@@ -134,3 +135,44 @@ class ModelProblem(Problem):
                 raise ValueError(f"problem {self.spec!r} has no objective {objective}")
             self._truths[objective] = truth
         return self._truths[objective]
+
+
+class StoppedScoreTerm(Problem):
+    r"""A model problem with the encoder's parameters stopped inside :math:`\log q` in the cost.
+
+    .. math:: \bar f_\phi(z) = \log p_\theta(x, z) - \log q_{\mathrm{sg}(\phi)}(z\mid x).
+
+    :math:`\mathbb{E}_q[\nabla_\phi \bar f] = \mathbb{E}_q[\nabla_\phi f] + \mathbb{E}_q[\nabla_\phi
+    \log q_\phi(z)]` and the last term is zero, so the ELBO gradient (the truth, taken from the
+    wrapped problem) is unchanged, and every estimator that uses the cost as a number plus its
+    direct gradient (``reinforce*``, ``arm``, ``disarm``) stays unbiased for it, without the
+    zero-mean term :math:`-\nabla_\phi\log q_\phi(z)` at fixed :math:`z`. That is the form in
+    which Yin & Zhou (2019) and Dong et al. (2020) write the encoder gradient (learning signal
+    times the gradient of the logits only). Only the ELBO: for the IWAE bound with K > 1 the
+    dropped term has a non-zero mean (cf. ``iwae-stl``), so other objectives are refused.
+    ``spec`` is the wrapped problem's with ``score_term=stopped`` appended.
+    """
+
+    is_model = True
+
+    def __init__(self, problem: Problem):
+        if not problem.is_model:
+            raise ValueError(f"StoppedScoreTerm needs a model problem; {problem.spec!r} is a plain expectation")
+        self.problem, self.params, self.groups = problem, problem.params, problem.groups
+        self.spec = f"{problem.spec}{',' if ':' in problem.spec else ':'}score_term=stopped"
+
+    def distribution(self, params):
+        return self.problem.distribution(params)
+
+    def log_joint(self, z, params):
+        return self.problem.log_joint(z, params)
+
+    def cost(self, z, params):
+        frozen = {k: v.detach() for k, v in params.items()}
+        return self.problem.log_joint(z, params) - self.problem.distribution(frozen).log_prob(z)
+
+    def true_gradient(self, objective=Objective()):
+        if objective.canonical() != Objective():
+            raise ValueError(f"problem {self.spec!r} has only the ELBO objective (the stopped score "
+                             f"term has a non-zero mean under {objective})")
+        return self.problem.true_gradient()

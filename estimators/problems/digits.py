@@ -13,8 +13,10 @@ Models (small MLPs, tanh hidden layer, PyTorch ``nn.Linear`` initialisation):
   :math:`(\mu, \log\sigma) = \mathrm{enc}_\phi(x)`. Trained by the reparameterised ELBO gradient.
 * ``digits-bernoulli-vae``: :math:`p(z) = \prod_l \mathrm{Bernoulli}(z_l; \tfrac12)`, the same
   decoder, :math:`q_\phi(z\mid x) = \prod_l \mathrm{Bernoulli}(z_l; \sigma(\mathrm{enc}_\phi(x)_l))`.
-  No ``rsample``: only score-function estimators apply (``reinforce*``, ``vimco``); pathwise ones
-  (``reparam``, ``iwae*``) are refused by :meth:`GradientEstimator.check`. Trained by REINFORCE
+  No ``rsample``: score-function estimators (``reinforce*``, ``vimco``), the antithetic ``arm``
+  and ``disarm`` and the relaxations (``gumbel-softmax`` on the relaxed ELBO of
+  :meth:`DigitsVAE.relaxed_cost`, ``straight-through``) apply; pathwise ones (``reparam``,
+  ``iwae*``) are refused by :meth:`GradientEstimator.check`. Trained by REINFORCE
   with a leave-one-out baseline over 8 samples per image.
 
 Parameters are named like ``nn.Sequential(Linear, Tanh, Linear)``'s state dict, under
@@ -37,6 +39,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+from torch.distributions.relaxed_bernoulli import LogitRelaxedBernoulli
 
 from ..base import Objective, Params, Truth
 from ..registry import register_problem
@@ -91,6 +94,28 @@ class DigitsVAE(ModelProblem):
         model = self._model()
         log_q = model.encoder_points(params).log_prob(z)                            # (M, B)
         return (log_q.exp() * (model.log_joint_points(z, params) - log_q)).sum()
+
+    def relaxed_cost(self, y: Tensor, params: Params, temperature: float) -> Tensor:
+        r"""Bernoulli latents only: the relaxed ELBO integrand of Maddison et al. (2017, App. C).
+
+        .. math:: \tilde f(y) = \log p_\theta(x\mid\sigma(y)) + \log g_{0,\tau}(y)
+                  - \log g_{\phi,\tau}(y\mid x),
+
+        at logistic samples :math:`y = (\mathrm{logits}_\phi + \log u - \log(1-u))/\tau` of shape
+        ``S + L + (B, latent)``, with :math:`g_{\lambda,\tau}` the ``LogitRelaxedBernoulli``
+        density of logits :math:`\lambda` (the prior's are 0: Bernoulli(1/2)) at temperature
+        :math:`\tau`, the same for prior and posterior. Returns ``S + L`` (summed over points).
+        Its expectation is the relaxed ELBO, whose gradient ``gumbel-softmax`` estimates.
+        """
+        if self.kind != "bernoulli":
+            raise ValueError("relaxed_cost needs Bernoulli latents (digits-bernoulli-vae)")
+        model = self._model()
+        logits = model.encoder_points(params).base_dist.logits                   # L + (B, latent)
+        tau = torch.as_tensor(temperature, dtype=y.dtype, device=y.device)
+        prior = LogitRelaxedBernoulli(tau, logits=torch.zeros_like(logits)).log_prob(y)
+        posterior = LogitRelaxedBernoulli(tau, logits=logits).log_prob(y)
+        points = model.log_likelihood_points(torch.sigmoid(y), params) + (prior - posterior).sum(-1)
+        return points.sum(-1)
 
     def true_gradient(self, objective=Objective()) -> Truth:
         objective = objective.canonical()

@@ -112,10 +112,14 @@ class DigitsModel:
         """:math:`q_\\phi(z\\mid x)` over all points: batch ``L``, event ``(B, latent)``."""
         return Independent(self.encoder_points(params), 1)
 
+    def log_likelihood_points(self, z: Tensor, params: Params) -> Tensor:
+        """:math:`\\log p_\\theta(x_b\\mid z_b)`: ``S + L + (B, latent)`` to ``S + L + (B,)`` (any real z)."""
+        logits = mlp(z, params, "decoder")
+        return (self.x * logits - F.softplus(logits)).sum(-1)
+
     def log_joint_points(self, z: Tensor, params: Params) -> Tensor:
         """:math:`\\log p(z_b) + \\log p_\\theta(x_b\\mid z_b)`: ``S + L + (B, latent)`` to ``S + L + (B,)``."""
-        logits = mlp(z, params, "decoder")
-        likelihood = (self.x * logits - F.softplus(logits)).sum(-1)
+        likelihood = self.log_likelihood_points(z, params)
         if self.kind == "gaussian":
             prior = -0.5 * (z.square() + math.log(2 * math.pi)).sum(-1)
         else:
