@@ -11,11 +11,11 @@ from typing import Iterable
 
 import pandas as pd
 
+from estimators.engine import TEXT_COLUMNS
+
 #: columns every fit / plot / report needs from a sweep CSV
 SWEEP_REQUIRED = ("problem", "estimator", "param", "budget", "replicates", "variance",
                   "variance_ci_low", "variance_ci_high", "snr", "seconds_per_estimate")
-#: required columns that hold text; every other required column must be numeric
-TEXT_COLUMNS = ("problem", "estimator", "param")
 #: columns a fits CSV must have for plotting
 FITS_REQUIRED = ("problem", "estimator", "param", "a", "b")
 

@@ -38,11 +38,13 @@ from .base import all_finite, EstimatorNotApplicable, GradientEstimator, NonFini
 from .provenance import code_version
 from .registry import get_estimator, make_problem
 
-COLUMNS = [
-    "problem", "estimator", "param", "budget", "replicates", "seed", "truth", "truth_kind",
-    "truth_se", "mean", "bias", "bias_z", "variance", "variance_ci_low", "variance_ci_high",
-    "snr", "mse", "seconds_per_estimate", "cost_evals", "bias_p", "coords", "code_version",
-]
+#: what identifies a row, then the statistics (:data:`estimators.statistics.SUMMARY_COLUMNS`),
+#: then the cost and the code that computed it
+CELL_COLUMNS = ["problem", "estimator", "param", "budget", "replicates", "seed", "truth_kind"]
+COST_COLUMNS = ["seconds_per_estimate", "cost_evals", "code_version"]
+COLUMNS = CELL_COLUMNS + list(statistics.SUMMARY_COLUMNS) + COST_COLUMNS
+#: the columns that hold text; every other column of a row is a number
+TEXT_COLUMNS = ["problem", "estimator", "param", "truth_kind", "code_version"]
 MAX_ELEMENTS = 2**22
 
 

@@ -28,6 +28,24 @@ from scipy import stats
 
 CONFIDENCE = 0.95
 
+#: the columns :func:`summarise` returns, in order, and what each holds. The engine's
+#: ``COLUMNS`` and the validation of result files are built from this; adding a statistic is
+#: one entry here and one value in :func:`summarise`.
+SUMMARY_COLUMNS: dict[str, str] = {
+    "truth": "the true gradient (Euclidean norm for a tensor parameter)",
+    "truth_se": "the truth's standard error (an oracle's; 0 for closed form and enumeration)",
+    "mean": "mean of the R estimates (norm)",
+    "bias": "mean minus truth (norm)",
+    "bias_z": "bias over its standard error (Bonferroni z-equivalent for a tensor)",
+    "bias_p": "two-sided p-value of bias_z",
+    "variance": "variance of one estimate (trace of the covariance for a tensor)",
+    "variance_ci_low": "95% interval of the variance, distribution-free, low end",
+    "variance_ci_high": "95% interval of the variance, high end",
+    "snr": "|mean| / std (mean over coordinates for a tensor)",
+    "mse": "mean squared error against the truth",
+    "coords": "number of coordinates of the parameter",
+}
+
 
 def log_se(low, high, level: float = CONFIDENCE):
     r"""Log-scale standard error of a quantity from its log-symmetric ``level`` interval
@@ -59,7 +77,8 @@ def variance_interval(y: np.ndarray, level: float = CONFIDENCE) -> tuple[float, 
 
 
 def summarise(estimates: np.ndarray, truth: np.ndarray, truth_se: np.ndarray) -> dict[str, float]:
-    """Row of statistics for ``estimates`` of shape ``(R, p)`` and ``truth``, ``truth_se`` of ``(p,)``."""
+    """Row of statistics (:data:`SUMMARY_COLUMNS`) for ``estimates`` of shape ``(R, p)`` and
+    ``truth``, ``truth_se`` of shape ``(p,)``."""
     g = np.asarray(estimates, dtype=np.float64)
     r, p = g.shape
     t = np.asarray(truth, dtype=np.float64).reshape(p)
@@ -86,11 +105,11 @@ def summarise(estimates: np.ndarray, truth: np.ndarray, truth_se: np.ndarray) ->
         "mean": scalar(mean),
         "bias": scalar(bias) if p == 1 else float(np.linalg.norm(bias)),
         "bias_z": bias_z,
+        "bias_p": bias_p,
         "variance": variance,
         "variance_ci_low": low,
         "variance_ci_high": high,
         "snr": float(np.mean(snr_d)),
         "mse": float(((g - t) ** 2).sum(1).mean()),
-        "bias_p": bias_p,
         "coords": p,
     }

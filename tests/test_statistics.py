@@ -73,3 +73,14 @@ def test_summarise_tensor_reductions():
     assert row["variance"] == pytest.approx(g.var(0, ddof=1).sum())      # trace of the covariance
     assert row["truth"] == pytest.approx(np.linalg.norm([1.0, -2.0, 0.5]))
     assert row["coords"] == 3 and 0 <= row["bias_p"] <= 1 and row["bias_z"] >= 0
+
+
+def test_summary_columns_are_defined_once():
+    """summarise() returns exactly SUMMARY_COLUMNS, in order, and the engine's COLUMNS contain them."""
+    import estimators as gn
+    from estimators.statistics import SUMMARY_COLUMNS, summarise
+
+    g = np.random.default_rng(0).normal(size=(50, 3))
+    assert list(summarise(g, np.zeros(3), np.zeros(3))) == list(SUMMARY_COLUMNS)
+    i = gn.COLUMNS.index("truth")
+    assert gn.COLUMNS[i:i + len(SUMMARY_COLUMNS)] == list(SUMMARY_COLUMNS)
