@@ -1,5 +1,6 @@
-"""gradnoise analysis: turns measurement results into tables, fits, plots and reports.
+"""gradnoise analysis: runs the engine over grids and turns its rows into fits, figures and reports.
 
-It only reads results (CSV written by ``gradnoise sweep``, asv results); it holds no estimator
-maths. The ``gradnoise`` command line lives in :mod:`analysis.cli`.
+Sweeps, the report and the studies call the measurement engine (:mod:`estimators.engine`) over
+grids of cells; fits, plots and comparisons read the rows it writes (and asv's results). No
+estimator maths lives here. The ``gradnoise`` command line lives in :mod:`analysis.cli`.
 """
