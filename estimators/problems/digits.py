@@ -149,6 +149,6 @@ def digits_vae(*, latent: int = 8, hidden: int = 64, checkpoint: str = "end", se
 @register_problem("digits-bernoulli-vae", in_default_sweep=False)
 def digits_bernoulli_vae(*, latent: int = 8, hidden: int = 64, checkpoint: str = "end", seed: int = 0,
                          points: int = 1, steps: int = 3000, oracle_samples: int = ORACLE_SAMPLES):
-    """VAE on binarised sklearn digits with Bernoulli latents: score-function estimators only; ELBO truth by enumeration."""
+    """VAE on binarised sklearn digits with Bernoulli latents: score-function, ARM-family and relaxed estimators; ELBO truth by enumeration."""
     return DigitsVAE("bernoulli", latent=latent, hidden=hidden, checkpoint=checkpoint, seed=seed,
                      points=points, steps=steps, oracle_samples=oracle_samples)
