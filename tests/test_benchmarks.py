@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from asv import util as asv_util
 
@@ -53,7 +54,7 @@ def test_asv_writes_under_one_ignored_folder():
     ("memory.PeakmemVarianceMeasurement.peakmem_variance_measurement", ".peakmem_"),
     (VARIANCE, ".track_"),
     ("quality.TrackMSE.track_mse", ".track_"),
-    ("quality.TrackBiasZ.track_bias_z", ".track_bias_z"),
+    ("quality.TrackBiasExcess.track_bias_excess", ".track_bias_excess"),
     ("quality.TrackInverseSNR.track_inverse_snr", ".track_"),
 ])
 def test_every_benchmark_gets_its_familys_regression_threshold(name, key_suffix):
@@ -64,6 +65,23 @@ def test_every_benchmark_gets_its_familys_regression_threshold(name, key_suffix)
     effective = max(matches, key=thresholds.get)
     assert effective.endswith(key_suffix), (name, matches)
     assert 0 < thresholds[effective] <= 1
+
+
+def test_bias_excess_is_zero_for_unbiased_and_positive_for_biased_batches():
+    """|z| of unbiased batches, as many as the suite has, never crosses the threshold; a bias does."""
+    from scipy import stats
+
+    from benchmarks.quality import BATCHES, BIAS_ALPHA, BIAS_Z_THRESHOLD, REPLICATES, bias_excess
+    from benchmarks.common import BUDGETS, ESTIMATORS, PROBLEMS
+
+    m = len(PROBLEMS) * len(ESTIMATORS) * len(BUDGETS) * BATCHES
+    assert 2 * m * stats.norm.sf(BIAS_Z_THRESHOLD) == pytest.approx(BIAS_ALPHA)
+    rng = np.random.default_rng(0)
+    unbiased = np.abs(rng.standard_normal((20, m)))          # 20 runs of the whole suite
+    excess = np.vectorize(bias_excess)(unbiased)
+    assert (excess == 0).all(axis=1).sum() >= 19              # P(a false step in a run) <= 1%
+    biased = np.abs(rng.normal(np.sqrt(REPLICATES) * 0.75, 1.0, m))  # bias of 3/4 standard deviation
+    assert (np.vectorize(bias_excess)(biased) > 0).all()
 
 
 # ------------------------------------------------------------------------------------------
