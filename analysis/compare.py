@@ -416,7 +416,8 @@ def comparison_markdown(df: pd.DataFrame, before: str, after: str, *, alpha: flo
                         figure: str | None = None) -> str:
     """The report of one change: counts first, then what regressed and improved, failures, skips."""
     counts = verdict_counts(df)
-    lines = [f"# Benchmarks: {after} vs {before}", "",
+    short = lambda name: name[:8] if re.fullmatch(r"[0-9a-f]{40}", name) else name  # noqa: E731
+    lines = [f"# Benchmarks: {short(after)} vs {short(before)}", "",
              "**" + " · ".join(f"{counts[v]} {v}" for v in VERDICTS) + "**", "",
              f"Verdicts at Benjamini-Hochberg FDR {alpha:g} over {int(df['p_value'].notna().sum())} tests, and a "
              f"ratio (after / before; lower is better) beyond the family's factor: {factor_summary(df)}. "
