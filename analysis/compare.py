@@ -71,6 +71,7 @@ COMPARE_COLUMNS = [
     "n_before", "n_after", "test", "p_value", "p_adjusted", "verdict", "family", "factor", "reason",
 ]
 VERDICTS = ("regressed", "improved", "unchanged", "skipped", "failed")
+FAMILY_ORDER = {"time": 0, "memory": 1, "variance": 2, "MSE": 3, "bias": 4, "1/SNR": 5}
 #: ``regressions_thresholds`` used when there is no ``asv.conf.json`` (the project's values).
 DEFAULT_THRESHOLDS = {r".*\.time_": 1.0, r".*\.peakmem_": 0.2, r".*\.track_": 0.35, r".*\.track_bias_excess": 1.0}
 
@@ -406,7 +407,8 @@ def factor_summary(df: pd.DataFrame) -> str:
     """``time 2, memory 1.2, ...``: the factor each family was judged with."""
     tested = df[~df["verdict"].isin(["skipped", "failed"])]
     parts = []
-    for fam, g in tested.groupby("family", sort=False):
+    groups = sorted(tested.groupby("family", sort=False), key=lambda fg: FAMILY_ORDER.get(fg[0], len(FAMILY_ORDER)))
+    for fam, g in groups:
         fs = sorted(set(g["factor"].round(6)))
         parts.append(f"{fam} {'/'.join(f'{f:g}' for f in fs)}")
     return ", ".join(parts)
@@ -454,29 +456,29 @@ def comparison_markdown(df: pd.DataFrame, before: str, after: str, *, alpha: flo
     return "\n".join(lines) + "\n"
 
 
-def forest_plot(df: pd.DataFrame, *, level: float = LEVEL, max_rows_per_family: int = 12):
+def forest_plot(df: pd.DataFrame, *, level: float = LEVEL, max_changed: int = 15, unchanged: int = 3):
     """Ratios (after / before) with their intervals on a log axis, one panel per family.
 
-    Each panel shows the family's regressed and improved cells and, to fill it up to
-    ``max_rows_per_family``, its largest unchanged effects (grey); the band is the family's
-    factor, the line 1 = no change. An infinite ratio (0 -> positive) is drawn as a triangle at the
-    right edge. Returns the matplotlib ``Figure``.
+    Each panel shows the family's regressed and improved cells (the ``max_changed`` largest
+    effects) and its ``unchanged`` largest unchanged effects (grey), so that a pull request shows
+    both what moved and how far the rest moved by chance; the band is the family's factor, the
+    line 1 = no change. An infinite ratio (0 -> positive) is drawn as a triangle at the right
+    edge. Returns the matplotlib ``Figure``.
     """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     colours = {"regressed": "#d62728", "improved": "#2ca02c", "unchanged": "#7f7f7f"}
     tested = df[df["verdict"].isin(colours) & np.isfinite(df["ratio"].astype(float).fillna(np.inf)) | (
         df["verdict"].isin(["regressed", "improved"]))]
     panels = []
     for fam, g in tested.groupby("family", sort=False):
-        changed = pd.concat([changed_rows(g, "regressed"), changed_rows(g, "improved")])
-        rest = changed_rows(g, "unchanged").head(max(0, max_rows_per_family - len(changed)))
-        panels.append((fam, pd.concat([changed, rest]).head(max(max_rows_per_family, len(changed)))))
-    order = {"time": 0, "memory": 1, "variance": 2, "MSE": 3, "bias": 4, "1/SNR": 5}
-    panels.sort(key=lambda p: order.get(p[0], 9))
+        changed = pd.concat([changed_rows(g, "regressed"), changed_rows(g, "improved")]).head(max_changed)
+        panels.append((fam, pd.concat([changed, changed_rows(g, "unchanged").head(unchanged)])))
+    panels.sort(key=lambda p: FAMILY_ORDER.get(p[0], len(FAMILY_ORDER)))
     if not panels:
         fig, ax = plt.subplots(figsize=(8, 1.5))
         ax.text(0.5, 0.5, "nothing to compare: every cell skipped or failed", ha="center", va="center")
@@ -491,8 +493,11 @@ def forest_plot(df: pd.DataFrame, *, level: float = LEVEL, max_rows_per_family: 
         hi = g["ratio_ci_high"].astype(float).to_numpy()
         finite = np.concatenate([x[np.isfinite(x) & (x > 0)] for x in (ratios, lo, hi)])
         f = float(g["factor"].max())
-        span = max(np.abs(np.log10(finite)).max() if finite.size else 0, np.log10(f) * 1.5, 0.1)
-        left, right = 10 ** (-span * 1.1), 10 ** (span * 1.1)
+        logs = np.log10(np.concatenate([finite, [1 / f, f]]))
+        low, high = min(logs.min(), -np.log10(3)), max(logs.max(), np.log10(3))
+        margin = 0.08 * (high - low)
+        left, right = 10 ** (low - margin), 10 ** (high + margin)
+        span = high - low
         y = np.arange(len(g))[::-1]
         ax.axvspan(1 / f, f, color="#dddddd", alpha=0.6, lw=0, label=f"factor {f:g}")
         ax.axvline(1, color="black", lw=0.8)
@@ -508,6 +513,9 @@ def forest_plot(df: pd.DataFrame, *, level: float = LEVEL, max_rows_per_family: 
             ax.plot([min(max(r, left), right)], [yi], marker="o", color=c, ms=5, ls="none")
         ax.set_xscale("log")
         ax.set_xlim(left, right)
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0) if span < 2 else (1.0,)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_ylim(-0.7, len(g) - 0.3)
         ax.set_yticks(y)
         ax.set_yticklabels([f"{cell_label(p)}" + ("" if len(set(g["benchmark"])) == 1 else f" ({short_name(b)})")
@@ -516,8 +524,8 @@ def forest_plot(df: pd.DataFrame, *, level: float = LEVEL, max_rows_per_family: 
                      fontsize=10, loc="left")
         ax.grid(True, axis="x", which="major", alpha=0.3)
         ax.tick_params(axis="x", labelsize=8)
-    axes[-1, 0].set_xlabel(f"ratio after / before (log scale; > 1 worse), {level:.0%} interval; "
-                           "red regressed, green improved, grey unchanged; band: factor")
+    axes[-1, 0].set_xlabel(f"ratio after / before (log scale; > 1 is worse), with its {level:.0%} interval\n"
+                           "red: regressed, green: improved, grey: unchanged (largest effects); shaded: the factor")
     fig.tight_layout()
     return fig
 
@@ -553,7 +561,7 @@ def run_compare(args: argparse.Namespace) -> int:
         if path and what and os.path.isdir(path):
             raise ValueError(f"{what} {path} is a folder; give a CSV file (or use --out-dir)")
     df = compare(args.before, args.after, results_dir=results_dir, machine=args.machine, alpha=args.alpha,
-                 factor=args.factor, level=args.level, thresholds=thresholds_from_config(args.config))
+                 factor=args.factor, level=args.level, thresholds=thresholds_from_config(args.config), repo=args.repo)
     written = []
     if args.out_dir:
         paths = write_comparison(df, args.out_dir, args.before, args.after, alpha=args.alpha, level=args.level)
@@ -601,6 +609,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", default=None, help="asv config to find results_dir and thresholds (default: ./asv.conf.json)")
     p.add_argument("--results-dir", default=None, help="asv results folder (default: results_dir of the config)")
     p.add_argument("--machine", default=None, help="asv machine name (default: the only one with results)")
+    p.add_argument("--repo", default=".", help="git repository that resolves commit names (default: the current folder)")
     p.add_argument("--alpha", type=float, default=ALPHA, help="false discovery rate for verdicts (default: %(default)s)")
     p.add_argument("--factor", type=float, default=None,
                    help="require ratio > FACTOR (or < 1/FACTOR) for a verdict, for every benchmark "

@@ -216,7 +216,7 @@ def history_figure(history: pd.DataFrame, steps: pd.DataFrame, benchmark: str, *
     mine = steps[steps["benchmark"] == benchmark]
     keys = list(dict.fromkeys(zip(mine["cell"], mine["env"])))[:max_cells]
     envs = {e for _, e in keys}
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.55 * len(commits) + 3.5), 4.2))
+    fig, ax = plt.subplots(figsize=(max(8.0, 0.55 * len(commits) + 5.0), 4.5))
     sub = history[history["benchmark"] == benchmark]
     positive = True
     for i, (cell, env) in enumerate(keys):
@@ -269,7 +269,7 @@ def history_markdown(history: pd.DataFrame, steps: pd.DataFrame, figures: dict[s
              f"**{len(commits)} commits, {len(steps)} steps** ({int((steps['direction'] == 'regression').sum())} "
              f"regressions, {int((steps['direction'] == 'improvement').sum())} improvements) in "
              f"{history.groupby(['benchmark', 'cell', 'env']).ngroups} series; "
-             f"{len(missing)} commits without results."]
+             f"commits without results: {len(missing)}."]
     if len(steps):
         lines += ["", "## Steps", "", "| benchmark | cell | commit | before | after | ratio |", "|---|---|---|---|---|---|"]
         for r in steps.itertuples():
