@@ -267,12 +267,15 @@ def compare_pair(before, after, kind: str, *, level: float = LEVEL, seed: int = 
     else:
         p = float(stats.mannwhitneyu(b, a, alternative="two-sided").pvalue)
     ratio = mb / ma if ma != 0 else (1.0 if mb == 0 else np.inf)
-    if (np.ptp(a) == 0 and np.ptp(b) == 0) or ma == 0 or np.median(a) == 0:
-        rlo = rhi = ratio if np.ptp(a) == 0 and np.ptp(b) == 0 else np.nan
+    if np.ptp(a) == 0 and np.ptp(b) == 0:
+        rlo = rhi = ratio
+    elif ma == 0:                      # leaving (or staying at) zero: no finite interval for a ratio
+        rlo = rhi = np.nan
     else:
-        boot = stats.bootstrap((b, a), lambda y, x: np.median(y) / np.median(x), confidence_level=level,
-                               method="percentile", n_resamples=2000, vectorized=False,
-                               rng=np.random.default_rng(seed))
+        with np.errstate(divide="ignore", invalid="ignore"):   # resamples whose median is 0
+            boot = stats.bootstrap((b, a), lambda y, x: np.median(y) / np.median(x), confidence_level=level,
+                                   method="percentile", n_resamples=2000, vectorized=False,
+                                   rng=np.random.default_rng(seed))
         rlo, rhi = boot.confidence_interval
     out.update(test="mann-whitney", p_value=p, before=ma, before_ci_low=la_, before_ci_high=ha,
                after=mb, after_ci_low=lb_, after_ci_high=hb, ratio=ratio, ratio_ci_low=rlo, ratio_ci_high=rhi)
@@ -452,7 +455,8 @@ def comparison_markdown(df: pd.DataFrame, before: str, after: str, *, alpha: flo
         lines += ["", f"![ratios with their intervals, by family]({figure})"]
     lines += ["", "Method: timings and memory: medians with order-statistic intervals, ratio with a bootstrap "
               "interval, Mann-Whitney U; quality tracks: geometric means of batch estimates, Welch t-test on "
-              "the log scale (see `gradnoise compare --help`). Skipped: the estimator does not apply to the cell."]
+              "the log scale, or Mann-Whitney U where a side is 0 (the bias excess of an unbiased estimator); see "
+              "`gradnoise compare --help`. Skipped: the estimator does not apply to the cell."]
     return "\n".join(lines) + "\n"
 
 
