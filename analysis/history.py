@@ -210,6 +210,7 @@ def history_figure(history: pd.DataFrame, steps: pd.DataFrame, benchmark: str, *
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
 
     commits = list(dict.fromkeys(history["commit"]))
     x_of = {c: i for i, c in enumerate(commits)}
@@ -243,6 +244,11 @@ def history_figure(history: pd.DataFrame, steps: pd.DataFrame, benchmark: str, *
                 ha="left", va="top", fontsize=8, color="#d62728")
     if positive:
         ax.set_yscale("log")
+        low, high = ax.get_ylim()
+        if high / low < 100:           # under two decades: plain numbers on the ticks
+            plain = FuncFormatter(lambda v, _: f"{v:g}")
+            ax.yaxis.set_major_formatter(plain)
+            ax.yaxis.set_minor_formatter(plain)
     ax.set_xticks(range(len(commits)))
     ax.set_xticklabels([c[:8] for c in commits], rotation=45, ha="right", fontsize=8)
     ax.set_xlim(-0.6, len(commits) - 0.4)
