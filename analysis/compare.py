@@ -40,7 +40,8 @@ give a verdict (``test`` says ``ci-overlap``).
 
 Cells asv skipped (``NotImplementedError`` in ``setup``: the estimator does not apply; stored as
 NaN) are ``skipped``, as are cells benchmarked on one side only (a benchmark or parameter added
-or removed). Cells that asv recorded as failed (stored as null: the benchmark raised another
+or removed) and, as ``asv compare`` does, cells whose benchmark code differs between the sides
+(asv's benchmark version). Cells that asv recorded as failed (stored as null: the benchmark raised another
 error, timed out, or its ``setup_cache`` or build failed) on either side are ``failed``; the
 ``reason`` column says which side. asv does not store the error message in its results files:
 its log of the run has it.
@@ -203,12 +204,14 @@ def tidy_results(side: Side) -> pd.DataFrame:
                 status = "failed" if value is None else "skipped" if value != value else "ok"
                 rows.append({
                     "benchmark": key, "params": ", ".join(combo), "env": res.env_name, "status": status,
+                    "version": res.benchmark_version.get(key),
                     "value": np.nan if value is None else float(value),
                     "samples": None if samp is None else [float(s) for s in samp],
                     "ci_99_a": np.nan if not st else float(st.get("ci_99_a", np.nan)),
                     "ci_99_b": np.nan if not st else float(st.get("ci_99_b", np.nan)),
                 })
-    return pd.DataFrame(rows, columns=["benchmark", "params", "env", "status", "value", "samples", "ci_99_a", "ci_99_b"])
+    return pd.DataFrame(rows, columns=["benchmark", "params", "env", "status", "version", "value", "samples",
+                                       "ci_99_a", "ci_99_b"])
 
 
 def benchmark_kind(name: str) -> str:
@@ -310,6 +313,9 @@ def compare_results(before: pd.DataFrame, after: pd.DataFrame, *, alpha: float =
                 side = "before" if r.side == "left_only" else "after"
                 row.update(before=r.value_b, after=r.value_a, test="none", p_value=np.nan, verdict="skipped",
                            reason=f"benchmarked {side} only (added or removed)")
+            elif r.version_b is not None and r.version_a is not None and r.version_b != r.version_a:
+                row.update(before=r.value_b, after=r.value_a, test="none", p_value=np.nan, verdict="skipped",
+                           reason="the benchmark's code changed between the sides (asv version differs): not comparable")
             elif "failed" in (r.status_b, r.status_a):
                 sides = [s for s, st in (("before", r.status_b), ("after", r.status_a)) if st == "failed"]
                 row.update(before=r.value_b, after=r.value_a, test="none", p_value=np.nan, verdict="failed",

@@ -140,7 +140,7 @@ def test_cli_writes_csv_and_gates(results_dir, tmp_path, capsys):
                  "--fail-on-regression"]) == 1
 
 
-def _write(result_dir, commit, name, values, samples, *more):
+def _write(result_dir, commit, name, values, samples, *more, version="1"):
     """Benchmarks over ESTIMATORS x BUDGETS with explicit values (None: failed, NaN: skipped).
 
     ``more``: further ``(name, values, samples)`` triples stored in the same results file.
@@ -150,7 +150,7 @@ def _write(result_dir, commit, name, values, samples, *more):
                         Machine.api_version)
     res = asv_results.Results({"machine": MACHINE, "python": "3.11"}, {}, commit, 0, "3.11", ENV, {})
     for name_, values_, samples_ in [(name, values, samples), *more]:
-        res.add_result({"name": name_, "version": "1", "params": [ESTIMATORS, BUDGETS]},
+        res.add_result({"name": name_, "version": version, "params": [ESTIMATORS, BUDGETS]},
                        BenchmarkResult(result=values_, samples=samples_, number=[1] * len(values_), errcode=0,
                                        stderr="", profile=None),
                        record_samples=True)
@@ -228,3 +228,13 @@ def test_help_prints_percent_signs_once(capsys):
         main(["compare", "--help"])
     out = capsys.readouterr().out
     assert "99% intervals" in out and "%%" not in out
+
+
+def test_a_changed_benchmark_is_not_compared(tmp_path):
+    root = str(tmp_path / "results")
+    rng = np.random.default_rng(6)
+    _write(root, BEFORE, "timing.Estimate.time_estimate", [True] * 6, [timings(rng, 1e-3) for _ in range(6)])
+    _write(root, AFTER, "timing.Estimate.time_estimate", [True] * 6, [timings(rng, 3e-3) for _ in range(6)],
+           version="2")
+    df = compare(BEFORE, AFTER, results_dir=root)
+    assert (df["verdict"] == "skipped").all() and df["reason"].str.contains("not comparable").all()
