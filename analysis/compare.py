@@ -567,9 +567,10 @@ def run_compare(args: argparse.Namespace) -> int:
     results_dir = args.results_dir or (results_dir_from_config(args.config) if args.config else None)
     if args.out_dir is None and args.out is None:
         args.out = "comparison.csv"
-    for path, what in ((args.out, "--out"), (args.out_dir, None)):
-        if path and what and os.path.isdir(path):
-            raise ValueError(f"{what} {path} is a folder; give a CSV file (or use --out-dir)")
+    if args.out and os.path.isdir(args.out):
+        raise ValueError(f"--out {args.out} is a folder; give a CSV file (or use --out-dir)")
+    if args.out_dir and os.path.exists(args.out_dir) and not os.path.isdir(args.out_dir):
+        raise ValueError(f"--out-dir {args.out_dir} is a file, not a folder")
     df = compare(args.before, args.after, results_dir=results_dir, machine=args.machine, alpha=args.alpha,
                  factor=args.factor, level=args.level, thresholds=thresholds_from_config(args.config), repo=args.repo)
     written = []

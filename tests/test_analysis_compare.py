@@ -238,3 +238,12 @@ def test_a_changed_benchmark_is_not_compared(tmp_path):
            version="2")
     df = compare(BEFORE, AFTER, results_dir=root)
     assert (df["verdict"] == "skipped").all() and df["reason"].str.contains("not comparable").all()
+
+
+def test_cli_output_paths_are_checked_before_reading_results(results_dir, tmp_path, capsys):
+    a_file = tmp_path / "f.csv"
+    a_file.write_text("x\n")
+    assert main(["compare", BEFORE, AFTER, "--results-dir", results_dir, "--out", str(tmp_path)]) == 2
+    assert "is a folder" in capsys.readouterr().err
+    assert main(["compare", BEFORE, AFTER, "--results-dir", results_dir, "--out-dir", str(a_file)]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
