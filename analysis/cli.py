@@ -15,6 +15,7 @@ COMMAND_MODULES = [
     "analysis.fit",
     "analysis.plot",
     "analysis.compare",
+    "analysis.history",
     "analysis.report",
     "analysis.studies.cli",
 ]

@@ -21,39 +21,63 @@ The test suits the quantity (asv treats lower as better for all of them):
   t-test** (``scipy.stats.ttest_ind(equal_var=False)``) interval and two-sided p-value.
   A doubled variance gives a ratio of 2.
 
+  A quantity that is 0 on a side (``track_bias_excess`` of an unbiased estimator) is compared
+  like a timing (medians, Mann-Whitney); its ratio is infinite when it leaves 0.
+
 Multiple testing: the p-values of all rows are adjusted with Benjamini-Hochberg
 (``scipy.stats.false_discovery_control``), controlling the false discovery rate at ``alpha``
 (default 0.05). Verdict: ``regressed`` if the adjusted p-value is below ``alpha`` and the ratio
-exceeds ``factor`` (default 1.0: significance alone), ``improved`` if below ``alpha`` and the ratio
-is under 1/``factor``, else ``unchanged``. Rows whose samples were not recorded (no
-``--record-samples``) or that have fewer than two samples a side cannot be tested: their p-value
-is NaN and the verdict uses asv's stored 99% intervals (``stats_ci_99_a/b``) instead:
-non-overlapping intervals and a ratio beyond ``factor`` give a verdict (``test`` says
-``ci-overlap``). Benchmarks that failed on one side are reported with verdict ``failed``.
+exceeds the row's ``factor``, ``improved`` if below ``alpha`` and the ratio is under 1/``factor``,
+else ``unchanged``. Significance alone is not enough: timings on a shared machine shift by tens
+of percent between runs of the same code, a shift the test resolves. The default factor of a
+benchmark is 1 + its ``regressions_thresholds`` entry in ``asv.conf.json`` (the largest
+``re.match``-ing key, as ``asv publish`` does; :data:`DEFAULT_THRESHOLDS` without a config),
+so ``compare`` and ``asv publish`` flag the same size of change; ``--factor`` sets one factor
+for all. Rows whose samples were not recorded (no ``--record-samples``) or that have fewer than
+two samples a side cannot be tested: their p-value is NaN and the verdict uses asv's stored 99%
+intervals (``stats_ci_99_a/b``) instead: non-overlapping intervals and a ratio beyond the factor
+give a verdict (``test`` says ``ci-overlap``).
+
+Cells asv skipped (``NotImplementedError`` in ``setup``: the estimator does not apply; stored as
+NaN) are ``skipped``, as are cells benchmarked on one side only (a benchmark or parameter added
+or removed) and, as ``asv compare`` does, cells whose benchmark code differs between the sides
+(asv's benchmark version). Cells that asv recorded as failed (stored as null: the benchmark raised another
+error, timed out, or its ``setup_cache`` or build failed) on either side are ``failed``; the
+``reason`` column says which side. asv does not store the error message in its results files:
+its log of the run has it.
 """
 from __future__ import annotations
 
 import argparse
 import itertools
 import os
+import re
 import subprocess
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+
 from asv import config as asv_config
 from asv import results as asv_results
 from asv import util as asv_util
 from asv_runner.statistics import quantile_ci
 from scipy import stats
 
+from estimators.io import atomic_write_text, fmt, fmt_ci, markdown_table
+
 ALPHA = 0.05
 LEVEL = 0.95
 COMPARE_COLUMNS = [
     "benchmark", "params", "env", "kind", "before", "before_ci_low", "before_ci_high",
     "after", "after_ci_low", "after_ci_high", "ratio", "ratio_ci_low", "ratio_ci_high",
-    "n_before", "n_after", "test", "p_value", "p_adjusted", "verdict",
+    "n_before", "n_after", "test", "p_value", "p_adjusted", "verdict", "family", "factor", "reason",
 ]
+VERDICTS = ("regressed", "improved", "unchanged", "skipped", "failed")
+FAMILY_ORDER = {"time": 0, "memory": 1, "variance": 2, "MSE": 3, "bias": 4, "1/SNR": 5}
+#: ``regressions_thresholds`` used when there is no ``asv.conf.json`` (the project's values).
+DEFAULT_THRESHOLDS = {r".*\.time_": 1.0, r".*\.peakmem_": 0.2, r".*\.track_": 0.35, r".*\.track_bias_excess": 1.0}
 
 
 @dataclass(frozen=True)
@@ -72,6 +96,26 @@ def _git_commit(name: str, repo: str) -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def thresholds_from_config(config: str | None) -> dict[str, float]:
+    """``regressions_thresholds`` of an asv config (default ``./asv.conf.json``), else the defaults."""
+    path = config or "asv.conf.json"
+    if not os.path.isfile(path):
+        if config:
+            raise FileNotFoundError(f"no such asv config: {config}")
+        return dict(DEFAULT_THRESHOLDS)
+    try:
+        conf = asv_config.Config.load(path)
+    except asv_util.UserError as err:
+        raise ValueError(f"cannot read asv config {path}: {err}") from None
+    return {k: float(v) for k, v in (conf.regressions_thresholds or {}).items()}
+
+
+def threshold_for(name: str, thresholds: dict[str, float]) -> float:
+    """asv's rule (``asv.plugins.regressions``): the largest threshold whose key ``re.match``-es."""
+    hits = [v for k, v in thresholds.items() if re.match(k, name)]
+    return max(hits) if hits else 0.05
 
 
 def results_dir_from_config(config: str | None) -> str:
@@ -146,7 +190,11 @@ def load_side(spec: str, *, results_dir: str | None = None, machine: str | None 
 
 
 def tidy_results(side: Side) -> pd.DataFrame:
-    """One row per benchmark x parameter combination x env: value, samples and asv's 99% CI."""
+    """One row per benchmark x parameter combination x env: value, samples and asv's 99% CI.
+
+    ``status`` is ``ok``, ``skipped`` (asv stored NaN: ``NotImplementedError`` in ``setup``) or
+    ``failed`` (asv stored null: an error, a timeout, or a failed ``setup_cache`` or build).
+    """
     rows = []
     for res in side.results:
         for key in res.get_all_result_keys():
@@ -156,14 +204,17 @@ def tidy_results(side: Side) -> pd.DataFrame:
             stats_ = res.get_result_stats(key, params)
             combos = list(itertools.product(*params)) if params else [()]
             for combo, value, samp, st in zip(combos, values, samples, stats_):
+                status = "failed" if value is None else "skipped" if value != value else "ok"
                 rows.append({
-                    "benchmark": key, "params": ", ".join(combo), "env": res.env_name,
+                    "benchmark": key, "params": ", ".join(combo), "env": res.env_name, "status": status,
+                    "version": res.benchmark_version.get(key),
                     "value": np.nan if value is None else float(value),
                     "samples": None if samp is None else [float(s) for s in samp],
                     "ci_99_a": np.nan if not st else float(st.get("ci_99_a", np.nan)),
                     "ci_99_b": np.nan if not st else float(st.get("ci_99_b", np.nan)),
                 })
-    return pd.DataFrame(rows, columns=["benchmark", "params", "env", "value", "samples", "ci_99_a", "ci_99_b"])
+    return pd.DataFrame(rows, columns=["benchmark", "params", "env", "status", "version", "value", "samples",
+                                       "ci_99_a", "ci_99_b"])
 
 
 def benchmark_kind(name: str) -> str:
@@ -175,6 +226,17 @@ def benchmark_kind(name: str) -> str:
         return "memory"
     if method.startswith("track_"):
         return "track"
+    return "other"
+
+
+def benchmark_family(name: str) -> str:
+    """What a benchmark measures: ``time``, ``memory``, ``variance``, ``MSE``, ``bias``, ``1/SNR``."""
+    method = name.rsplit(".", 1)[-1]
+    for prefix, family in (("time_", "time"), ("peakmem_", "memory"), ("mem_", "memory"),
+                           ("track_variance", "variance"), ("track_mse", "MSE"), ("track_bias", "bias"),
+                           ("track_inverse_snr", "1/SNR"), ("track_", "track")):
+        if method.startswith(prefix):
+            return family
     return "other"
 
 
@@ -206,43 +268,73 @@ def compare_pair(before, after, kind: str, *, level: float = LEVEL, seed: int = 
         return out
     ma, la_, ha = _median_ci(a, level)
     mb, lb_, hb = _median_ci(b, level)
-    p = float(stats.mannwhitneyu(b, a, alternative="two-sided").pvalue)
-    ratio = mb / ma if ma != 0 else np.nan
+    if np.ptp(a) == 0 and np.ptp(b) == 0 and a[0] == b[0]:
+        p = 1.0                        # the same constant on both sides (e.g. no bias beyond chance)
+    else:
+        p = float(stats.mannwhitneyu(b, a, alternative="two-sided").pvalue)
+    ratio = mb / ma if ma != 0 else (1.0 if mb == 0 else np.inf)
     if np.ptp(a) == 0 and np.ptp(b) == 0:
         rlo = rhi = ratio
+    elif ma == 0:                      # leaving (or staying at) zero: no finite interval for a ratio
+        rlo = rhi = np.nan
     else:
-        boot = stats.bootstrap((b, a), lambda y, x: np.median(y) / np.median(x), confidence_level=level,
-                               method="percentile", n_resamples=2000, vectorized=False,
-                               rng=np.random.default_rng(seed))
+        with np.errstate(divide="ignore", invalid="ignore"):   # resamples whose median is 0
+            boot = stats.bootstrap((b, a), lambda y, x: np.median(y) / np.median(x), confidence_level=level,
+                                   method="percentile", n_resamples=2000, vectorized=False,
+                                   rng=np.random.default_rng(seed))
         rlo, rhi = boot.confidence_interval
     out.update(test="mann-whitney", p_value=p, before=ma, before_ci_low=la_, before_ci_high=ha,
                after=mb, after_ci_low=lb_, after_ci_high=hb, ratio=ratio, ratio_ci_low=rlo, ratio_ci_high=rhi)
     return out
 
 
-def compare_results(before: pd.DataFrame, after: pd.DataFrame, *, alpha: float = ALPHA, factor: float = 1.0,
-                    level: float = LEVEL) -> pd.DataFrame:
-    """Compare two :func:`tidy_results` frames; see the module docstring for tests and verdicts."""
+def compare_results(before: pd.DataFrame, after: pd.DataFrame, *, alpha: float = ALPHA, factor: float | None = None,
+                    level: float = LEVEL, thresholds: dict[str, float] | None = None) -> pd.DataFrame:
+    """Compare two :func:`tidy_results` frames; see the module docstring for tests and verdicts.
+
+    ``factor`` None gives each row the factor 1 + its threshold in ``thresholds`` (default
+    :data:`DEFAULT_THRESHOLDS`); a number sets it for every row.
+    """
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
-    if factor < 1:
+    if factor is not None and factor < 1:
         raise ValueError(f"factor must be >= 1, got {factor!r}")
-    merged = before.merge(after, on=["benchmark", "params", "env"], suffixes=("_b", "_a"))
+    thresholds = DEFAULT_THRESHOLDS if thresholds is None else thresholds
+    merged = before.merge(after, on=["benchmark", "params", "env"], suffixes=("_b", "_a"), how="outer",
+                          indicator="side")
     rows = []
-    for r in merged.itertuples(index=False):
-        kind = benchmark_kind(r.benchmark)
-        row = {"benchmark": r.benchmark, "params": r.params, "env": r.env, "kind": kind}
-        sb, sa = r.samples_b, r.samples_a
-        if np.isnan(r.value_b) or np.isnan(r.value_a):
-            row.update(before=r.value_b, after=r.value_a, test="none", p_value=np.nan, verdict="failed")
-        elif sb is not None and sa is not None and len(sb) >= 2 and len(sa) >= 2:
-            row.update(compare_pair(sb, sa, kind, level=level))
-        else:
-            row.update(before=r.value_b, before_ci_low=r.ci_99_a_b, before_ci_high=r.ci_99_b_b,
-                       after=r.value_a, after_ci_low=r.ci_99_a_a, after_ci_high=r.ci_99_b_a,
-                       ratio=r.value_a / r.value_b if r.value_b else np.nan, test="ci-overlap", p_value=np.nan,
-                       n_before=len(sb or []), n_after=len(sa or []))
-        rows.append(row)
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for r in merged.itertuples(index=False):
+            kind = benchmark_kind(r.benchmark)
+            row = {"benchmark": r.benchmark, "params": r.params, "env": r.env, "kind": kind,
+                   "family": benchmark_family(r.benchmark),
+                   "factor": factor if factor is not None else 1.0 + threshold_for(r.benchmark, thresholds),
+                   "reason": ""}
+            sb, sa = r.samples_b, r.samples_a
+            if r.side != "both":            # merge indicator: benchmarked on one side only
+                side = "before" if r.side == "left_only" else "after"
+                row.update(before=r.value_b, after=r.value_a, test="none", p_value=np.nan, verdict="skipped",
+                           reason=f"benchmarked {side} only (added or removed)")
+            elif r.version_b is not None and r.version_a is not None and r.version_b != r.version_a:
+                row.update(before=r.value_b, after=r.value_a, test="none", p_value=np.nan, verdict="skipped",
+                           reason="the benchmark's code changed between the sides (asv version differs): not comparable")
+            elif "failed" in (r.status_b, r.status_a):
+                sides = [s for s, st in (("before", r.status_b), ("after", r.status_a)) if st == "failed"]
+                row.update(before=r.value_b, after=r.value_a, test="none", p_value=np.nan, verdict="failed",
+                           reason=f"failed {' and '.join(sides)} (asv stored no value; its log has the error)")
+            elif "skipped" in (r.status_b, r.status_a):
+                sides = [s for s, st in (("before", r.status_b), ("after", r.status_a)) if st == "skipped"]
+                row.update(before=r.value_b, after=r.value_a, test="none", p_value=np.nan, verdict="skipped",
+                           reason=f"skipped {' and '.join(sides)} (NotImplementedError in setup: does not apply)")
+            elif sb is not None and sa is not None and len(sb) >= 2 and len(sa) >= 2:
+                row.update(compare_pair(sb, sa, kind, level=level))
+            else:
+                row.update(before=r.value_b, before_ci_low=r.ci_99_a_b, before_ci_high=r.ci_99_b_b,
+                           after=r.value_a, after_ci_low=r.ci_99_a_a, after_ci_high=r.ci_99_b_a,
+                           ratio=r.value_a / r.value_b if r.value_b else (1.0 if r.value_a == 0 else np.inf),
+                           test="ci-overlap", p_value=np.nan, n_before=len(sb or []), n_after=len(sa or []))
+            rows.append(row)
     df = pd.DataFrame(rows, columns=COMPARE_COLUMNS)
     tested = df["p_value"].notna()
     df["p_adjusted"] = np.nan
@@ -250,49 +342,247 @@ def compare_results(before: pd.DataFrame, after: pd.DataFrame, *, alpha: float =
         df.loc[tested, "p_adjusted"] = stats.false_discovery_control(df.loc[tested, "p_value"].to_numpy(float), method="bh")
     verdicts = []
     for _, r in df.iterrows():
-        if r["verdict"] == "failed":
-            verdicts.append("failed")
+        if r["verdict"] in ("failed", "skipped"):
+            verdicts.append(r["verdict"])
             continue
         if r["test"] == "ci-overlap":
             significant = bool(r["after_ci_low"] > r["before_ci_high"] or r["after_ci_high"] < r["before_ci_low"])
         else:
             significant = bool(r["p_adjusted"] < alpha)
-        if significant and r["ratio"] > factor:
+        if significant and r["ratio"] > r["factor"]:
             verdicts.append("regressed")
-        elif significant and r["ratio"] < 1 / factor:
+        elif significant and r["ratio"] < 1 / r["factor"]:
             verdicts.append("improved")
         else:
             verdicts.append("unchanged")
     df["verdict"] = verdicts
-    return df
+    return df.sort_values(["benchmark", "params", "env"], kind="stable").reset_index(drop=True)
 
 
 def compare(before: str, after: str, *, results_dir: str | None = None, machine: str | None = None,
-            alpha: float = ALPHA, factor: float = 1.0, level: float = LEVEL, repo: str = ".") -> pd.DataFrame:
+            alpha: float = ALPHA, factor: float | None = None, level: float = LEVEL, repo: str = ".",
+            thresholds: dict[str, float] | None = None) -> pd.DataFrame:
     """Load both sides (:func:`load_side`) and compare them (:func:`compare_results`)."""
     b = tidy_results(load_side(before, results_dir=results_dir, machine=machine, repo=repo))
     a = tidy_results(load_side(after, results_dir=results_dir, machine=machine, repo=repo))
-    df = compare_results(b, a, alpha=alpha, factor=factor, level=level)
-    if df.empty:
+    common = b.merge(a, on=["benchmark", "params", "env"])
+    if common.empty:
         raise ValueError(f"{before} and {after} have no benchmark (and environment) in common")
-    return df
+    return compare_results(b, a, alpha=alpha, factor=factor, level=level, thresholds=thresholds)
+
+
+def verdict_counts(df: pd.DataFrame) -> dict[str, int]:
+    """``{verdict: rows}`` for every verdict in :data:`VERDICTS`, zeros included."""
+    counts = df["verdict"].value_counts()
+    return {v: int(counts.get(v, 0)) for v in VERDICTS}
+
+
+def cell_label(params: str) -> str:
+    """``'gaussian-cos', 'reinforce', 10`` -> ``gaussian-cos, reinforce, 10``."""
+    return str(params).replace("'", "")
+
+
+def short_name(benchmark: str) -> str:
+    """The method name of a benchmark (``quality.TrackVariance.track_variance`` -> ``track_variance``)."""
+    return benchmark.rsplit(".", 1)[-1]
+
+
+def _with_interval(v, lo, hi) -> str:
+    if lo is None or hi is None or np.isnan(lo) or np.isnan(hi):
+        return fmt(v)
+    return fmt_ci(v, lo, hi, bound_digits=2)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    return markdown_table(pd.DataFrame(rows, columns=header))
+
+
+def changed_rows(df: pd.DataFrame, verdict: str) -> pd.DataFrame:
+    """Rows with ``verdict``, largest effect (``|log ratio|``) first."""
+    sub = df[df["verdict"] == verdict].copy()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sub["_effect"] = np.abs(np.log(sub["ratio"].astype(float)))
+    return sub.sort_values("_effect", ascending=False, kind="stable").drop(columns="_effect")
+
+
+def factor_summary(df: pd.DataFrame) -> str:
+    """``time 2, memory 1.2, ...``: the factor each family was judged with."""
+    tested = df[~df["verdict"].isin(["skipped", "failed"])]
+    parts = []
+    groups = sorted(tested.groupby("family", sort=False), key=lambda fg: FAMILY_ORDER.get(fg[0], len(FAMILY_ORDER)))
+    for fam, g in groups:
+        fs = sorted(set(g["factor"].round(6)))
+        parts.append(f"{fam} {'/'.join(f'{f:g}' for f in fs)}")
+    return ", ".join(parts)
+
+
+def comparison_markdown(df: pd.DataFrame, before: str, after: str, *, alpha: float = ALPHA, level: float = LEVEL,
+                        figure: str | None = None) -> str:
+    """The report of one change: counts first, then what regressed and improved, failures, skips."""
+    counts = verdict_counts(df)
+    short = lambda name: name[:8] if re.fullmatch(r"[0-9a-f]{40}", name) else name  # noqa: E731
+    lines = [f"# Benchmarks: {short(after)} vs {short(before)}", "",
+             "**" + " · ".join(f"{counts[v]} {v}" for v in VERDICTS) + "**", "",
+             f"Verdicts at Benjamini-Hochberg FDR {alpha:g} over {int(df['p_value'].notna().sum())} tests, and a "
+             f"ratio (after / before; lower is better) beyond the family's factor: {factor_summary(df)}. "
+             f"Intervals {level:.0%}."]
+    header = ["benchmark", "cell", "before", "after", "ratio", "p adj."]
+    for verdict in ("regressed", "improved"):
+        sub = changed_rows(df, verdict)
+        if sub.empty:
+            continue
+        lines += ["", f"## {verdict.capitalize()} ({len(sub)})", "",
+                  _table(header, [[f"`{short_name(r.benchmark)}`", cell_label(r.params),
+                                   _with_interval(r.before, r.before_ci_low, r.before_ci_high),
+                                   _with_interval(r.after, r.after_ci_low, r.after_ci_high),
+                                   _with_interval(r.ratio, r.ratio_ci_low, r.ratio_ci_high),
+                                   "–" if np.isnan(r.p_adjusted) else f"{r.p_adjusted:.2g}" + (
+                                       "" if r.test != "ci-overlap" else " (99% intervals apart)")]
+                                  for r in sub.itertuples()])]
+    failed = df[df["verdict"] == "failed"]
+    if len(failed):
+        lines += ["", f"## Failed ({len(failed)})", "",
+                  _table(["benchmark", "cell", "why"],
+                         [[f"`{short_name(r.benchmark)}`", cell_label(r.params), r.reason] for r in failed.itertuples()])]
+    skipped = df[df["verdict"] == "skipped"]
+    if len(skipped):
+        lines += ["", f"## Skipped ({len(skipped)})", ""]
+        for reason, g in skipped.groupby("reason", sort=True):
+            per = g.groupby("benchmark").size()
+            lines.append(f"- {reason}: {len(g)} cells (" + ", ".join(f"`{short_name(b)}` {n}" for b, n in per.items()) + ")")
+    if figure:
+        lines += ["", f"![ratios with their intervals, by family]({figure})"]
+    lines += ["", "Method: timings and memory: medians with order-statistic intervals, ratio with a bootstrap "
+              "interval, Mann-Whitney U; quality tracks: geometric means of batch estimates, Welch t-test on "
+              "the log scale, or Mann-Whitney U where a side is 0 (the bias excess of an unbiased estimator); see "
+              "`gradnoise compare --help`. Skipped: the estimator does not apply to the cell."]
+    return "\n".join(lines) + "\n"
+
+
+def forest_plot(df: pd.DataFrame, *, level: float = LEVEL, max_changed: int = 15, unchanged: int = 3):
+    """Ratios (after / before) with their intervals on a log axis, one panel per family.
+
+    Each panel shows the family's regressed and improved cells (the ``max_changed`` largest
+    effects) and its ``unchanged`` largest unchanged effects (grey), so that a pull request shows
+    both what moved and how far the rest moved by chance; the band is the family's factor, the
+    line 1 = no change. An infinite ratio (0 -> positive) is drawn as a triangle at the right
+    edge. Returns the matplotlib ``Figure``.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    colours = {"regressed": "#d62728", "improved": "#2ca02c", "unchanged": "#7f7f7f"}
+    tested = df[df["verdict"].isin(colours) & np.isfinite(df["ratio"].astype(float).fillna(np.inf)) | (
+        df["verdict"].isin(["regressed", "improved"]))]
+    panels = []
+    for fam, g in tested.groupby("family", sort=False):
+        changed = pd.concat([changed_rows(g, "regressed"), changed_rows(g, "improved")]).head(max_changed)
+        panels.append((fam, pd.concat([changed, changed_rows(g, "unchanged").head(unchanged)])))
+    panels.sort(key=lambda p: FAMILY_ORDER.get(p[0], len(FAMILY_ORDER)))
+    if not panels:
+        fig, ax = plt.subplots(figsize=(8, 1.5))
+        ax.text(0.5, 0.5, "nothing to compare: every cell skipped or failed", ha="center", va="center")
+        ax.set_axis_off()
+        return fig
+    heights = [max(len(p[1]), 1) * 0.28 + 0.7 for p in panels]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(8.5, sum(heights) + 0.6), squeeze=False,
+                             gridspec_kw={"height_ratios": heights})
+    for ax, (fam, g) in zip(axes[:, 0], panels):
+        ratios = g["ratio"].astype(float).to_numpy()
+        lo = g["ratio_ci_low"].astype(float).to_numpy()
+        hi = g["ratio_ci_high"].astype(float).to_numpy()
+        finite = np.concatenate([x[np.isfinite(x) & (x > 0)] for x in (ratios, lo, hi)])
+        f = float(g["factor"].max())
+        logs = np.log10(np.concatenate([finite, [1 / f, f]]))
+        low, high = min(logs.min(), -np.log10(3)), max(logs.max(), np.log10(3))
+        margin = 0.08 * (high - low)
+        left, right = 10 ** (low - margin), 10 ** (high + margin)
+        span = high - low
+        y = np.arange(len(g))[::-1]
+        ax.axvspan(1 / f, f, color="#dddddd", alpha=0.6, lw=0, label=f"factor {f:g}")
+        ax.axvline(1, color="black", lw=0.8)
+        for yi, r, l_, h_, v in zip(y, ratios, lo, hi, g["verdict"]):
+            c = colours[v]
+            if np.isinf(r):
+                ax.plot([right / 1.15], [yi], marker=">", color=c, ms=8, ls="none")
+                ax.annotate("0 → >0", (right / 1.15, yi), xytext=(-10, 0), textcoords="offset points",
+                            ha="right", va="center", fontsize=8, color=c)
+                continue
+            if np.isfinite(l_) and np.isfinite(h_) and l_ > 0:
+                ax.plot([max(l_, left), min(h_, right)], [yi, yi], color=c, lw=2, solid_capstyle="butt")
+            ax.plot([min(max(r, left), right)], [yi], marker="o", color=c, ms=5, ls="none")
+        ax.set_xscale("log")
+        ax.set_xlim(left, right)
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0) if span < 2 else (1.0,)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_ylim(-0.7, len(g) - 0.3)
+        ax.set_yticks(y)
+        ax.set_yticklabels([f"{cell_label(p)}" + ("" if len(set(g["benchmark"])) == 1 else f" ({short_name(b)})")
+                            for p, b in zip(g["params"], g["benchmark"])], fontsize=8)
+        ax.set_title(f"{fam}: " + ", ".join(f"`{short_name(b)}`" for b in dict.fromkeys(g["benchmark"])).replace("`", ""),
+                     fontsize=10, loc="left")
+        ax.grid(True, axis="x", which="major", alpha=0.3)
+        ax.tick_params(axis="x", labelsize=8)
+    axes[-1, 0].set_xlabel(f"ratio after / before (log scale; > 1 is worse), with its {level:.0%} interval\n"
+                           "red: regressed, green: improved, grey: unchanged (largest effects); shaded: the factor")
+    fig.tight_layout()
+    return fig
+
+
+def write_comparison(df: pd.DataFrame, out_dir: str, before: str, after: str, *, alpha: float = ALPHA,
+                     level: float = LEVEL) -> dict[str, str]:
+    """``comparison.csv``, ``comparison.md`` and ``comparison.png`` in ``out_dir``; returns their paths."""
+    from estimators.io import atomic_write_csv
+
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ValueError(f"--out-dir {out_dir} is a file, not a folder")
+    os.makedirs(out_dir, exist_ok=True)
+    paths = {k: os.path.join(out_dir, f"comparison.{k}") for k in ("csv", "md", "png")}
+    atomic_write_csv(df, paths["csv"])
+    fig = forest_plot(df, level=level)
+    fig.savefig(paths["png"], dpi=110, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    text = comparison_markdown(df, before, after, alpha=alpha, level=level, figure="comparison.png")
+    atomic_write_text(paths["md"], text)
+    return paths
 
 
 def run_compare(args: argparse.Namespace) -> int:
-    results_dir = args.results_dir or (results_dir_from_config(args.config) if args.config else None)
-    df = compare(args.before, args.after, results_dir=results_dir, machine=args.machine, alpha=args.alpha,
-                 factor=args.factor, level=args.level)
     from estimators.io import atomic_write_csv
 
-    atomic_write_csv(df, args.out)
-    counts = df["verdict"].value_counts()
-    print(f"wrote {len(df)} comparisons to {args.out}: "
-          + ", ".join(f"{counts.get(v, 0)} {v}" for v in ("regressed", "improved", "unchanged", "failed"))
-          + f" (Benjamini-Hochberg FDR {args.alpha:g})")
-    for r in df[df["verdict"].isin(["regressed", "improved"])].itertuples():
-        print(f"  {r.verdict:9s} {r.benchmark}({r.params}) ratio {r.ratio:.3g} "
-              f"[{r.ratio_ci_low:.3g}, {r.ratio_ci_high:.3g}] p_adj={r.p_adjusted:.2g}")
-    return 1 if args.fail_on_regression and (df["verdict"] == "regressed").any() else 0
+    results_dir = args.results_dir or (results_dir_from_config(args.config) if args.config else None)
+    if args.out_dir is None and args.out is None:
+        args.out = "comparison.csv"
+    if args.out and os.path.isdir(args.out):
+        raise ValueError(f"--out {args.out} is a folder; give a CSV file (or use --out-dir)")
+    if args.out_dir and os.path.exists(args.out_dir) and not os.path.isdir(args.out_dir):
+        raise ValueError(f"--out-dir {args.out_dir} is a file, not a folder")
+    df = compare(args.before, args.after, results_dir=results_dir, machine=args.machine, alpha=args.alpha,
+                 factor=args.factor, level=args.level, thresholds=thresholds_from_config(args.config), repo=args.repo)
+    written = []
+    if args.out_dir:
+        paths = write_comparison(df, args.out_dir, args.before, args.after, alpha=args.alpha, level=args.level)
+        written += list(paths.values())
+    if args.out:
+        atomic_write_csv(df, args.out)
+        written.append(args.out)
+    counts = verdict_counts(df)
+    print(", ".join(f"{counts[v]} {v}" for v in VERDICTS)
+          + f" (Benjamini-Hochberg FDR {args.alpha:g}; factors: {factor_summary(df)})")
+    for verdict in ("regressed", "improved"):
+        for r in changed_rows(df, verdict).itertuples():
+            print(f"  {r.verdict:9s} {r.benchmark}({r.params}) ratio {_with_interval(r.ratio, r.ratio_ci_low, r.ratio_ci_high)}"
+                  f" p_adj={fmt(r.p_adjusted, 2)}")
+    for r in df[df["verdict"] == "failed"].itertuples():
+        print(f"  failed    {r.benchmark}({r.params}): {r.reason}")
+    print("wrote " + ", ".join(written))
+    return 1 if args.fail_on_regression and counts["regressed"] else 0
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -302,24 +592,31 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         description="One row per benchmark x parameters: before, after, ratio (after/before; lower is\n"
         "better), their intervals, a p-value (timings and memory: Mann-Whitney U on the samples;\n"
         "track_* quantities such as variance: Welch t-test on log batch estimates) and a verdict\n"
-        "improved / regressed / unchanged at Benjamini-Hochberg FDR ALPHA. Samples must have been\n"
-        "stored (`asv run --record-samples`); without them asv's 99%% intervals are compared.",
+        "regressed / improved / unchanged at Benjamini-Hochberg FDR ALPHA and a ratio beyond the\n"
+        "benchmark's factor (default: 1 + its regressions_thresholds entry in asv.conf.json, so\n"
+        "timing noise on a shared machine is not a regression), or skipped (asv skipped it: the\n"
+        "estimator does not apply) or failed (asv recorded an error). Samples must have been\n"
+        "stored (`asv run --record-samples`); without them asv's 99% intervals are compared.\n"
+        "--out-dir writes comparison.csv, comparison.md (for a pull request) and comparison.png.",
         epilog="examples:\n"
-        "  gradnoise compare HEAD~1 HEAD --out comparison.csv          # commits, via asv.conf.json\n"
-        "  gradnoise compare main HEAD --machine mybox --fail-on-regression --out cmp.csv\n"
+        "  gradnoise compare HEAD~1 HEAD --out-dir cmp                # commits, via asv.conf.json\n"
+        "  gradnoise compare main HEAD --machine mybox --fail-on-regression --out-dir cmp\n"
         "  gradnoise compare old_results/ new_results/ --out cmp.csv     # results folders of one commit\n"
         "  gradnoise compare .asv/results/mybox/1a2b3c4d-virtualenv-py3.11.json \\\n"
         "      .asv/results/mybox/5e6f7a8b-virtualenv-py3.11.json --out cmp.csv",
     )
     p.add_argument("before", metavar="BEFORE", help="commit (anything git resolves, or a hash prefix), results folder or file")
     p.add_argument("after", metavar="AFTER", help="the same, for the new side")
-    p.add_argument("--out", default="comparison.csv", help="output CSV (default: %(default)s)")
-    p.add_argument("--config", default=None, help="asv config to find results_dir (default: ./asv.conf.json)")
+    p.add_argument("--out", default=None, help="output CSV (default: comparison.csv unless --out-dir is given)")
+    p.add_argument("--out-dir", default=None, help="folder for comparison.csv, comparison.md and comparison.png")
+    p.add_argument("--config", default=None, help="asv config to find results_dir and thresholds (default: ./asv.conf.json)")
     p.add_argument("--results-dir", default=None, help="asv results folder (default: results_dir of the config)")
     p.add_argument("--machine", default=None, help="asv machine name (default: the only one with results)")
+    p.add_argument("--repo", default=".", help="git repository that resolves commit names (default: the current folder)")
     p.add_argument("--alpha", type=float, default=ALPHA, help="false discovery rate for verdicts (default: %(default)s)")
-    p.add_argument("--factor", type=float, default=1.0,
-                   help="also require ratio > FACTOR (or < 1/FACTOR) for a verdict (default: %(default)s)")
+    p.add_argument("--factor", type=float, default=None,
+                   help="require ratio > FACTOR (or < 1/FACTOR) for a verdict, for every benchmark "
+                   "(default: per family, 1 + the config's regressions_thresholds)")
     p.add_argument("--level", type=float, default=LEVEL, help="confidence level of the intervals (default: %(default)s)")
     p.add_argument("--fail-on-regression", action="store_true", help="exit 1 if anything regressed")
     p.set_defaults(func=run_compare)

@@ -1,5 +1,14 @@
-"""Runtime: one gradient estimate, and one full variance measurement, per cell."""
+"""Runtime: one gradient estimate, and one full variance measurement, per cell.
+
+Timed in CPU seconds of the benchmark process (``timer = time.process_time``), not wall-clock
+seconds: with one torch thread (``benchmarks/common.py``) that is the estimator's own work, and
+other processes on a shared machine, which stretch wall-clock time by up to 3x between two runs
+of the same code, do not count. Time spent waiting (none here: no I/O, no sleeping) would not
+count either.
+"""
 from __future__ import annotations
+
+import time
 
 import estimators
 
@@ -15,6 +24,7 @@ class TimeOneEstimate:
 
     params = (PROBLEMS, ESTIMATORS, BUDGETS)
     param_names = ["problem", "estimator", "N"]
+    timer = time.process_time
 
     def setup(self, problem, estimator, n):
         self.problem, self.estimator = cell(problem, estimator, n)
@@ -35,6 +45,7 @@ class TimeVarianceMeasurement:
     params = (PROBLEMS, ESTIMATORS, BUDGETS)
     param_names = ["problem", "estimator", "N"]
     replicates = 1000
+    timer = time.process_time
 
     def setup(self, problem, estimator, n):
         self.problem, self.estimator = cell(problem, estimator, n)

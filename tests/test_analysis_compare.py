@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -137,3 +138,112 @@ def test_cli_writes_csv_and_gates(results_dir, tmp_path, capsys):
     assert "1 regressed" in capsys.readouterr().out and out.exists()
     assert main(["compare", BEFORE, AFTER, "--results-dir", results_dir, "--out", str(out),
                  "--fail-on-regression"]) == 1
+
+
+def _write(result_dir, commit, name, values, samples, *more, version="1"):
+    """Benchmarks over ESTIMATORS x BUDGETS with explicit values (None: failed, NaN: skipped).
+
+    ``more``: further ``(name, values, samples)`` triples stored in the same results file.
+    """
+    os.makedirs(os.path.join(result_dir, MACHINE), exist_ok=True)
+    asv_util.write_json(os.path.join(result_dir, MACHINE, "machine.json"), {"machine": MACHINE, "version": 1},
+                        Machine.api_version)
+    res = asv_results.Results({"machine": MACHINE, "python": "3.11"}, {}, commit, 0, "3.11", ENV, {})
+    for name_, values_, samples_ in [(name, values, samples), *more]:
+        res.add_result({"name": name_, "version": version, "params": [ESTIMATORS, BUDGETS]},
+                       BenchmarkResult(result=values_, samples=samples_, number=[1] * len(values_), errcode=0,
+                                       stderr="", profile=None),
+                       record_samples=True)
+    res.save(result_dir)
+
+
+def test_skipped_cells_are_skipped_and_only_errors_are_failed(tmp_path):
+    root = str(tmp_path / "results")
+    rng = np.random.default_rng(4)
+    ok = [batch_variances(rng, 1.0) for _ in range(6)]
+    nan = float("nan")
+    # cells: 0 ok/ok, 1 skipped/skipped, 2 ok/failed, 3 failed/ok, 4 skipped/failed, 5 ok/ok
+    _write(root, BEFORE, "quality.Variance.track_variance", [True, nan, True, None, nan, True],
+           [ok[0], None, ok[2], None, None, ok[5]])
+    _write(root, AFTER, "quality.Variance.track_variance", [True, nan, None, True, None, True],
+           [ok[0], None, None, ok[3], None, ok[5]])
+    df = compare(BEFORE, AFTER, results_dir=root)
+    assert dict(zip(df["params"], df["verdict"])) == {
+            "'reinforce', 1": "unchanged", "'reinforce', 100": "skipped", "'reinforce-loo', 1": "failed",
+            "'reinforce-loo', 100": "failed", "'reparam', 1": "failed", "'reparam', 100": "unchanged"}
+    reasons = dict(zip(df["params"], df["reason"]))
+    assert reasons["'reinforce-loo', 1"].startswith("failed after")
+    assert reasons["'reinforce-loo', 100"].startswith("failed before")
+    assert reasons["'reparam', 1"].startswith("failed after")
+    assert "NotImplementedError" in reasons["'reinforce', 100"]
+
+
+def test_cells_on_one_side_only_are_skipped_not_failed(tmp_path):
+    root = str(tmp_path / "results")
+    rng = np.random.default_rng(5)
+    _write(root, BEFORE, "quality.Variance.track_variance", [True] * 6, [batch_variances(rng, 1.0) for _ in range(6)])
+    _write(root, AFTER, "quality.Variance.track_variance", [True] * 6, [batch_variances(rng, 1.0) for _ in range(6)],
+           ("quality.MSE.track_mse", [True] * 6, [batch_variances(rng, 1.0) for _ in range(6)]))
+    df = compare(BEFORE, AFTER, results_dir=root)
+    mse = df[df["benchmark"] == "quality.MSE.track_mse"]
+    assert (mse["verdict"] == "skipped").all() and mse["reason"].str.contains("after only").all()
+    assert set(df.loc[df["benchmark"] != "quality.MSE.track_mse", "verdict"]) == {"unchanged"}
+
+
+def test_bias_excess_zero_is_unchanged_and_leaving_zero_is_a_regression_without_warnings():
+    zeros = [0.0] * BATCHES
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        same = compare_pair(zeros, zeros, "track")
+        worse = compare_pair(zeros, [0.0] * 3 + [2.5, 3.1, 0.8, 4.0, 1.2, 2.2, 5.0], "track")
+    assert same["p_value"] == 1.0 and same["ratio"] == 1.0
+    assert worse["ratio"] == np.inf and worse["p_value"] < 0.01
+
+
+def test_cli_output_has_no_numpy_or_scipy_warnings(tmp_path, capfd):
+    root = str(tmp_path / "results")
+    zeros = [[0.0] * BATCHES for _ in range(6)]
+    _write(root, BEFORE, "quality.TrackBiasExcess.track_bias_excess", [True] * 6, zeros)
+    _write(root, AFTER, "quality.TrackBiasExcess.track_bias_excess", [True] * 6,
+           zeros[:5] + [[0.0] * 3 + [2.5, 3.1, 0.8, 4.0, 1.2, 2.2, 5.0]])
+    assert main(["compare", BEFORE, AFTER, "--results-dir", root, "--out-dir", str(tmp_path / "cmp")]) == 0
+    out, err = capfd.readouterr()
+    assert "Warning" not in out + err, out + err
+    assert out.startswith("1 regressed, 0 improved, 5 unchanged, 0 skipped, 0 failed")
+    text = (tmp_path / "cmp" / "comparison.md").read_text()
+    assert "| `track_bias_excess` | reparam, 100 | 0 [0, 0] | " in text and "| ∞ |" in text
+    assert text.startswith(f"# Benchmarks: {AFTER[:8]} vs {BEFORE[:8]}")
+
+
+def test_default_factors_follow_the_asv_config_thresholds(results_dir):
+    df = compare(BEFORE, SAME, results_dir=results_dir,
+                 thresholds={r".*\.time_": 1.0, r".*\.track_": 0.35})
+    assert set(df.loc[df["kind"] == "time", "factor"]) == {2.0}
+    assert set(df.loc[df["kind"] == "track", "factor"]) == {1.35}
+    assert set(compare(BEFORE, SAME, results_dir=results_dir, factor=1.1)["factor"]) == {1.1}
+
+
+def test_help_prints_percent_signs_once(capsys):
+    with pytest.raises(SystemExit):
+        main(["compare", "--help"])
+    out = capsys.readouterr().out
+    assert "99% intervals" in out and "%%" not in out
+
+
+def test_a_changed_benchmark_is_not_compared(tmp_path):
+    root = str(tmp_path / "results")
+    rng = np.random.default_rng(6)
+    _write(root, BEFORE, "timing.Estimate.time_estimate", [True] * 6, [timings(rng, 1e-3) for _ in range(6)])
+    _write(root, AFTER, "timing.Estimate.time_estimate", [True] * 6, [timings(rng, 3e-3) for _ in range(6)],
+           version="2")
+    df = compare(BEFORE, AFTER, results_dir=root)
+    assert (df["verdict"] == "skipped").all() and df["reason"].str.contains("not comparable").all()
+
+
+def test_cli_output_paths_are_checked_before_reading_results(results_dir, tmp_path, capsys):
+    a_file = tmp_path / "f.csv"
+    a_file.write_text("x\n")
+    assert main(["compare", BEFORE, AFTER, "--results-dir", results_dir, "--out", str(tmp_path)]) == 2
+    assert "is a folder" in capsys.readouterr().err
+    assert main(["compare", BEFORE, AFTER, "--results-dir", results_dir, "--out-dir", str(a_file)]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err

@@ -1,0 +1,117 @@
+"""analysis.history on asv results written with asv's own API, for commits of a small git repository.
+
+Five empty commits c0..c4: c0, c1 and c4 have results, c2's benchmarks failed (asv stored null),
+c3 has none. One cell steps up at c4, one steps down at c1, one never moves, and one is skipped
+(NaN) everywhere. The expected steps follow from how the series were written.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+
+import numpy as np
+import pytest
+from asv import results as asv_results
+from asv import util as asv_util
+from asv.machine import Machine
+from asv.runner import BenchmarkResult
+from PIL import Image
+
+from analysis.cli import main
+from analysis.history import detect_history_steps, load_history
+
+MACHINE = "testbox"
+ENV = "virtualenv-py3.11"
+NAME = "quality.TrackVariance.track_variance"
+CELLS = ["'up'", "'down'", "'flat'", "'never'"]
+THRESHOLDS = {r".*\.track_": 0.35}
+
+
+def _git(repo, *args):
+    who = ["-c", "user.name=t", "-c", "user.email=t@example.invalid"]
+    return subprocess.run(["git", *who, *args], cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
+
+
+def _save(results_dir, commit, values, rng):
+    os.makedirs(os.path.join(results_dir, MACHINE), exist_ok=True)
+    asv_util.write_json(os.path.join(results_dir, MACHINE, "machine.json"), {"machine": MACHINE, "version": 1},
+                        Machine.api_version)
+    res = asv_results.Results({"machine": MACHINE, "python": "3.11"}, {}, commit, 0, "3.11", ENV, {})
+    samples = [None if v is None or v != v else list(v * np.exp(rng.normal(0, 0.02, 10))) for v in values]
+    result = [True if s is not None else v for s, v in zip(samples, values)]
+    res.add_result({"name": NAME, "version": "1", "params": [CELLS]},
+                   BenchmarkResult(result=result, samples=samples, number=[1] * len(values), errcode=0, stderr="",
+                                   profile=None),
+                   record_samples=True)
+    res.save(results_dir)
+
+
+@pytest.fixture(scope="module")
+def history_repo(tmp_path_factory):
+    root = tmp_path_factory.mktemp("history")
+    repo, results_dir = root / "repo", str(root / "results")
+    repo.mkdir()
+    _git(repo, "init", "-q", "-b", "main")
+    commits = []
+    for i in range(5):
+        _git(repo, "commit", "-q", "--allow-empty", "-m", f"change {i}")
+        commits.append(_git(repo, "rev-parse", "HEAD"))
+    rng = np.random.default_rng(0)
+    nan = float("nan")
+    _save(results_dir, commits[0], [10.0, 50.0, 3.0, nan], rng)
+    _save(results_dir, commits[1], [10.0, 5.0, 3.0, nan], rng)
+    _save(results_dir, commits[2], [None, None, None, None], rng)          # every benchmark failed
+    _save(results_dir, commits[4], [40.0, 5.0, 3.0, nan], rng)             # commits[3]: no results
+    return repo, results_dir, commits
+
+
+def test_history_rows_statuses_and_git_order(history_repo):
+    repo, results_dir, commits = history_repo
+    h = load_history("main", results_dir=results_dir, repo=str(repo))
+    assert list(dict.fromkeys(h["commit"])) == commits
+    status = h.pivot(index="commit", columns="cell", values="status").loc[commits]
+    assert list(status["up"]) == ["ok", "ok", "failed", "missing", "ok"]
+    assert set(status["never"]) == {"skipped", "failed", "missing"}
+    assert list(dict.fromkeys(h.loc[h["commit"] == commits[4], "subject"])) == ["change 4"]
+    default = load_history(results_dir=results_dir, repo=str(repo))   # every commit with results
+    assert list(dict.fromkeys(default["commit"])) == [commits[0], commits[1], commits[2], commits[4]]
+
+
+def test_steps_up_and_down_at_the_first_commit_with_the_new_level(history_repo):
+    repo, results_dir, commits = history_repo
+    steps = detect_history_steps(load_history("main", results_dir=results_dir, repo=str(repo)), THRESHOLDS)
+    found = {(r.cell, r.direction, r.commit, r.previous_commit) for r in steps.itertuples()}
+    assert found == {("up", "regression", commits[4], commits[1]),
+                     ("down", "improvement", commits[1], commits[0])}
+    up = steps[steps["cell"] == "up"].iloc[0]
+    assert up["before"] == pytest.approx(10, rel=0.05) and up["after"] == pytest.approx(40, rel=0.05)
+
+
+def test_a_step_below_the_threshold_is_not_reported(history_repo):
+    repo, results_dir, commits = history_repo
+    steps = detect_history_steps(load_history("main", results_dir=results_dir, repo=str(repo)),
+                                 {r".*\.track_": 20.0})                # only > 21x would count
+    assert steps.empty
+
+
+def test_cli_writes_the_report_with_gaps_and_figure(history_repo, tmp_path, capsys):
+    repo, results_dir, commits = history_repo
+    out = tmp_path / "h"
+    assert main(["history", "main", "--results-dir", results_dir, "--repo", str(repo), "--out-dir", str(out)]) == 0
+    text = (out / "history.md").read_text()
+    assert f"`{commits[4][:8]}` change 4" in text and f"`{commits[1][:8]}` change 1" in text
+    assert f"- `{commits[3][:8]}` change 3: no results" in text
+    assert f"- `{commits[2][:8]}` change 2: 4 cells failed" in text
+    with Image.open(out / "history-track_variance.png") as im:
+        assert im.width >= 600 and im.height >= 300
+    assert "2 steps" in capsys.readouterr().out
+
+
+def test_cli_errors_are_one_line(history_repo, tmp_path, capsys):
+    repo, results_dir, _ = history_repo
+    assert main(["history", "nosuchbranch", "--results-dir", results_dir, "--repo", str(repo),
+                 "--out-dir", str(tmp_path / "h")]) == 2
+    assert "git cannot list the range 'nosuchbranch'" in capsys.readouterr().err
+    assert main(["history", "--bench", "nothing_matches", "--results-dir", results_dir, "--repo", str(repo),
+                 "--out-dir", str(tmp_path / "h")]) == 2
+    assert "no benchmark in the results matches --bench" in capsys.readouterr().err
