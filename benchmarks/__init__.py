@@ -6,8 +6,9 @@ One class per question (scipy style):
   variance measurement of R replicates (``time_*``);
 * :mod:`benchmarks.memory`   -- peak resident memory of a variance measurement at a large R x N
   (``peakmem_*``);
-* :mod:`benchmarks.quality`  -- variance, MSE, |bias z| and inverse SNR of the N-sample estimate
-  (``track_*``), each returned as several independent batch estimates so that asv stores a median
+* :mod:`benchmarks.quality`  -- variance, MSE, bias beyond chance and inverse SNR of the N-sample estimate
+  (``track_*``, one class per :data:`benchmarks.common.TRACKS` entry), each returned as several
+  independent batch estimates so that asv stores a median
   with a confidence interval and ``asv compare``/``asv continuous`` can test significance.
 
 The grids are: a fixed list of fast problems (:data:`benchmarks.common.PROBLEMS`) x every

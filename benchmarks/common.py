@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import functools
 import math
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from scipy import stats
@@ -30,6 +32,30 @@ BUDGETS = (1, 10, 100)
 
 #: Seed of the suite; each cell's random stream is derived from it and the cell itself.
 SEED = 0
+
+#: Independent batches per cell (>= 6 lets asv's Mann-Whitney test reach p < 0.002).
+BATCHES = 10
+#: Estimates per batch.
+REPLICATES = 200
+#: Family-wise error rate of the bias track over one run of the whole suite.
+BIAS_ALPHA = 0.01
+#: Bonferroni threshold on |z| over every batch of every cell of the grid (m = cells x batches):
+#: an unbiased estimator exceeds it in some batch of some cell with probability <= BIAS_ALPHA.
+BIAS_Z_THRESHOLD = float(stats.norm.isf(BIAS_ALPHA / (2 * len(PROBLEMS) * len(ESTIMATORS) * len(BUDGETS) * BATCHES)))
+
+
+def bias_excess(abs_z: float) -> float:
+    r"""How far a batch's bias :math:`|z|` lies beyond chance: :math:`\max(0, |z| - z^*)`.
+
+    :math:`z^*` is :data:`BIAS_Z_THRESHOLD`. For an unbiased estimator :math:`|z|` is the
+    absolute value of a standard normal (or its Bonferroni z-equivalent), so the excess is 0 in
+    every batch of the suite with probability at least :math:`1 - \alpha`; a bias :math:`b` of
+    an estimator with standard deviation :math:`\sigma` makes :math:`|z| \approx \sqrt{R}\,|b|/\sigma`,
+    positive excess once :math:`|b|/\sigma > z^*/\sqrt{R}` (0.31 at R=200, 108 cells).
+    Unlike the raw :math:`|z|` (median 0.67 whatever the code), it moves only when an estimator
+    is biased: 0 -> positive is a step that ``asv publish`` and ``asv compare`` report.
+    """
+    return max(0.0, abs_z - BIAS_Z_THRESHOLD)
 
 # One intra-op thread: the benchmarks measure the estimators, not torch's thread pool, whose
 # spinning threads make timings on a small shared machine (ours have 2 cores) noisy and slow.
@@ -61,22 +87,50 @@ def seed_torch(prob: estimators.Problem, estimator: estimators.GradientEstimator
     torch.manual_seed(cell_seed(SEED, prob.spec, estimator.name, n))
 
 
-def summary(rows: list[dict]) -> dict[str, float]:
-    """One cell's quality over *all* its parameters, from the engine's per-parameter rows.
-
-    * ``variance``: trace of the covariance of the whole gradient (sum over parameters);
-    * ``mse``: :math:`E\\|g - t\\|^2` over the whole gradient (sum over parameters);
-    * ``abs_bias_z``: z-equivalent of the Bonferroni p-value over parameters (each row's
-      ``bias_p`` is already Bonferroni over its coordinates), i.e. :math:`|z|` for a scalar;
-    * ``inverse_snr``: :math:`1/\\mathrm{SNR}` with SNR the mean over all coordinates of
-      :math:`|\\bar g_d|/\\hat\\sigma_d`, the README's ``snr`` extended over parameters.
-    """
-    coords = sum(r["coords"] for r in rows)
-    snr = sum(r["snr"] * r["coords"] for r in rows) / coords
+def _abs_bias_z(rows: list[dict]) -> float:
+    """|z| of the whole gradient: the z-equivalent of the Bonferroni p-value over parameters (each
+    row's ``bias_p`` is already Bonferroni over its coordinates); |z| itself for one scalar."""
+    if len(rows) == 1:
+        return abs(rows[0]["bias_z"])
     p = min(1.0, len(rows) * min(r["bias_p"] for r in rows))
-    return {
-        "variance": math.fsum(r["variance"] for r in rows),
-        "mse": math.fsum(r["mse"] for r in rows),
-        "abs_bias_z": abs(rows[0]["bias_z"]) if len(rows) == 1 else float(stats.norm.isf(max(p, 1e-300) / 2)),
-        "inverse_snr": 1.0 / snr if snr > 0 else math.inf,
-    }
+    return float(stats.norm.isf(max(p, 1e-300) / 2))
+
+
+def _inverse_snr(rows: list[dict]) -> float:
+    """1/SNR with SNR the mean over all coordinates of |mean_d|/std_d (the rows' ``snr`` extended)."""
+    snr = sum(r["snr"] * r["coords"] for r in rows) / sum(r["coords"] for r in rows)
+    return 1.0 / snr if snr > 0 else math.inf
+
+
+@dataclass(frozen=True)
+class Track:
+    """A quality statistic asv tracks per cell (:mod:`benchmarks.quality` makes one class of each):
+    how the engine's per-parameter rows (their :data:`estimators.statistics.SUMMARY_COLUMNS`,
+    those named in ``columns``) combine into one number for the whole gradient, the asv class
+    name, the unit and what it means (the class's docstring)."""
+
+    combine: Callable[[list[dict]], float]
+    columns: tuple[str, ...]
+    asv_class: str
+    unit: str
+    doc: str
+
+
+#: the tracked statistics; adding one is one entry here (its asv class follows)
+TRACKS: dict[str, Track] = {
+    "variance": Track(lambda rows: math.fsum(r["variance"] for r in rows), ("variance",), "TrackVariance",
+                      "variance", "Variance of one N-sample estimate: trace of the covariance of the whole gradient."),
+    "mse": Track(lambda rows: math.fsum(r["mse"] for r in rows), ("mse",), "TrackMSE", "MSE",
+                 "Mean squared error of one N-sample estimate against the truth of its objective."),
+    "bias_excess": Track(lambda rows: bias_excess(_abs_bias_z(rows)), ("bias_z", "bias_p"), "TrackBiasExcess",
+                         "|z| - z*", "Excess of the bias |z| of the mean of R=200 estimates over the suite's "
+                         "Bonferroni threshold (:func:`bias_excess`): 0 for an unbiased estimator, whatever "
+                         "its random stream; grows like sqrt(R) times the bias over the standard deviation."),
+    "inverse_snr": Track(_inverse_snr, ("snr", "coords"), "TrackInverseSNR", "1/SNR",
+                         "Inverse signal-to-noise ratio 1/SNR, SNR the mean over coordinates of |mean|/std."),
+}
+
+
+def summary(rows: list[dict]) -> dict[str, float]:
+    """One cell's quality over *all* its parameters, one value per :data:`TRACKS` entry."""
+    return {name: track.combine(rows) for name, track in TRACKS.items()}

@@ -16,36 +16,9 @@ from __future__ import annotations
 
 import itertools
 
-from scipy import stats
-
 import estimators
 
-from .common import BUDGETS, ESTIMATORS, PROBLEMS, cell, summary
-
-#: Independent batches per cell (>= 6 lets asv's Mann-Whitney test reach p < 0.002).
-BATCHES = 10
-#: Estimates per batch.
-REPLICATES = 200
-#: Family-wise error rate of the bias track over one run of the whole suite.
-BIAS_ALPHA = 0.01
-#: Bonferroni threshold on |z| over every batch of every cell of the grid (m = cells x batches):
-#: an unbiased estimator exceeds it in some batch of some cell with probability <= BIAS_ALPHA.
-BIAS_Z_THRESHOLD = float(stats.norm.isf(BIAS_ALPHA / (2 * len(PROBLEMS) * len(ESTIMATORS) * len(BUDGETS) * BATCHES)))
-
-
-def bias_excess(abs_z: float) -> float:
-    r"""How far a batch's bias :math:`|z|` lies beyond chance: :math:`\max(0, |z| - z^*)`.
-
-    :math:`z^*` is :data:`BIAS_Z_THRESHOLD`. For an unbiased estimator :math:`|z|` is the
-    absolute value of a standard normal (or its Bonferroni z-equivalent), so the excess is 0 in
-    every batch of the suite with probability at least :math:`1 - \alpha`; a bias :math:`b` of
-    an estimator with standard deviation :math:`\sigma` makes :math:`|z| \approx \sqrt{R}\,|b|/\sigma`,
-    positive excess once :math:`|b|/\sigma > z^*/\sqrt{R}` (0.31 at R=200, 108 cells).
-    Unlike the raw :math:`|z|` (median 0.67 whatever the code), it moves only when an estimator
-    is biased: 0 -> positive is a step that ``asv publish`` and ``asv compare`` report.
-    """
-    return max(0.0, abs_z - BIAS_Z_THRESHOLD)
-
+from .common import BATCHES, BUDGETS, ESTIMATORS, PROBLEMS, REPLICATES, TRACKS, Track, cell, summary
 
 def batch_statistics(spec: str, name: str, n: int) -> dict:
     """``{statistic: [one value per batch]}`` for a cell, ``{"skip": why}`` or ``{"error": what}``."""
@@ -58,9 +31,7 @@ def batch_statistics(spec: str, name: str, n: int) -> dict:
                 for b in range(BATCHES)]
     except Exception as err:   # reported by this cell's benchmarks, not by every cell's
         return {"error": f"{type(err).__name__}: {err}"}
-    out = {key: [row[key] for row in rows] for key in rows[0]}
-    out["bias_excess"] = [bias_excess(z) for z in out["abs_bias_z"]]
-    return out
+    return {key: [row[key] for row in rows] for key in rows[0]}
 
 
 class _Quality:
@@ -83,42 +54,16 @@ class _Quality:
         return {"samples": self.cell[statistic], "number": 1}
 
 
-class TrackVariance(_Quality):
-    """Variance of one N-sample estimate: trace of the covariance of the whole gradient."""
+def _track_class(statistic: str, track: Track) -> type:
+    """``track.asv_class`` with one method ``track_<statistic>`` returning the batch samples."""
+    def method(self, cache, problem, estimator, n):
+        return self.samples(statistic)
 
-    unit = "variance"
-
-    def track_variance(self, cache, problem, estimator, n):
-        return self.samples("variance")
-
-
-class TrackMSE(_Quality):
-    """Mean squared error of one N-sample estimate against the truth of its objective."""
-
-    unit = "MSE"
-
-    def track_mse(self, cache, problem, estimator, n):
-        return self.samples("mse")
+    method.__name__ = method.__qualname__ = f"track_{statistic}"
+    return type(track.asv_class, (_Quality,), {"unit": track.unit, "__doc__": track.doc,
+                                              method.__name__: method, "__module__": __name__})
 
 
-class TrackBiasExcess(_Quality):
-    """Excess of the bias |z| of the mean of R=200 estimates over the suite's Bonferroni threshold.
-
-    :func:`bias_excess` of each batch's |z| (z-equivalent Bonferroni over parameters): 0 for an
-    unbiased estimator, whatever its random stream; grows like sqrt(R) times the bias over the
-    estimator's standard deviation once that exceeds the threshold.
-    """
-
-    unit = "|z| - z*"
-
-    def track_bias_excess(self, cache, problem, estimator, n):
-        return self.samples("bias_excess")
-
-
-class TrackInverseSNR(_Quality):
-    """Inverse signal-to-noise ratio 1/SNR, SNR the mean over coordinates of |mean|/std."""
-
-    unit = "1/SNR"
-
-    def track_inverse_snr(self, cache, problem, estimator, n):
-        return self.samples("inverse_snr")
+# one asv class per tracked statistic of benchmarks.common.TRACKS
+for _statistic, _track in TRACKS.items():
+    globals()[_track.asv_class] = _track_class(_statistic, _track)

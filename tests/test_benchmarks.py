@@ -67,7 +67,7 @@ def test_bias_excess_is_zero_for_unbiased_and_positive_for_biased_batches():
     """|z| of unbiased batches, as many as the suite has, never crosses the threshold; a bias does."""
     from scipy import stats
 
-    from benchmarks.quality import BATCHES, BIAS_ALPHA, BIAS_Z_THRESHOLD, REPLICATES, bias_excess
+    from benchmarks.common import BATCHES, BIAS_ALPHA, BIAS_Z_THRESHOLD, REPLICATES, bias_excess
     from benchmarks.common import BUDGETS, ESTIMATORS, PROBLEMS
 
     m = len(PROBLEMS) * len(ESTIMATORS) * len(BUDGETS) * BATCHES
@@ -133,3 +133,15 @@ def test_asv_gate_is_silent_on_a_comment_only_commit(asv_repository):
     table = _asv_compare(asv_repository, "good", "comment")
     assert {mark for mark, _, _ in table.values()} == {""}
     assert all(before == after for _, before, after in table.values())
+
+
+def test_tracks_are_built_from_the_summary_columns():
+    """Each tracked statistic combines columns the engine defines once, and has its asv class."""
+    import benchmarks.quality as quality
+    from benchmarks.common import TRACKS
+    from estimators.statistics import SUMMARY_COLUMNS
+
+    for statistic, track in TRACKS.items():
+        assert set(track.columns) <= set(SUMMARY_COLUMNS), statistic
+        cls = getattr(quality, track.asv_class)
+        assert callable(getattr(cls, f"track_{statistic}")) and cls.unit == track.unit
