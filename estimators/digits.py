@@ -55,6 +55,7 @@ from torch import Tensor
 from torch.distributions import Bernoulli, Independent, Normal
 
 from .base import Objective, Params, Truth
+from .filecache import compute_once
 from .provenance import source_hash
 from .problems import ORACLE_SAMPLES, ModelProblem, _autograd_truth, oracle_truth
 from .registry import register_problem
@@ -237,20 +238,17 @@ def checkpoint_path(kind: str, latent: int, hidden: int, steps: int, seed: int) 
 def load_or_train(kind: str, latent: int, hidden: int, steps: int, seed: int) -> dict[str, dict[str, Tensor]]:
     """The cached checkpoints for these settings, training (and caching) them first if needed.
 
-    The file is written atomically (temporary file, then rename), so concurrent runs are safe.
-    The training wall time is stored with the checkpoints under ``"seconds"``.
+    Trained once among all processes sharing the cache (:func:`estimators.filecache.compute_once`:
+    the others wait on a lock, then load the file, written atomically). The training wall time
+    is stored with the checkpoints under ``"seconds"``.
     """
-    path = checkpoint_path(kind, latent, hidden, steps, seed)
-    if path.exists():
-        return torch.load(path, weights_only=True)
-    start = time.perf_counter()
-    saved: dict = train(kind, latent, hidden, steps, seed)
-    saved["seconds"] = torch.tensor(time.perf_counter() - start)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    torch.save(saved, tmp)
-    os.replace(tmp, path)
-    return saved
+    def trained() -> dict:
+        start = time.perf_counter()
+        saved: dict = train(kind, latent, hidden, steps, seed)
+        saved["seconds"] = torch.tensor(time.perf_counter() - start)
+        return saved
+
+    return compute_once(checkpoint_path(kind, latent, hidden, steps, seed), trained)
 
 
 # --------------------------------------------------------------------------------------------

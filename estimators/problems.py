@@ -23,6 +23,7 @@ from torch import Tensor
 from torch.distributions import Bernoulli, Distribution, Independent, Normal
 
 from .base import Objective, Params, Problem, Truth, evaluate_cost
+from .filecache import compute_once
 from .provenance import code_version
 from .registry import register_problem
 
@@ -61,22 +62,39 @@ def oracle_truth(problem: Problem, estimator_name: str, n: int, samples: int = O
     ``~/.cache/gradnoise/oracles``), keyed by spec, estimator, n, samples, parameter values and
     :func:`~estimators.provenance.code_version` (a change of the code computes them anew).
     """
+    replicates = max(256, samples // n)
+    if not getattr(problem, "cacheable_truth", False):
+        return _oracle(problem, estimator_name, n, replicates)
+    key = hashlib.blake2b(digest_size=16)
+    key.update(f"{problem.spec}|{estimator_name}|{n}|{replicates}|{code_version()}".encode())
+    for name, value in sorted(problem.params.items()):
+        key.update(name.encode() + value.detach().cpu().contiguous().numpy().tobytes())
+
+    def compute() -> dict:
+        truth = _oracle(problem, estimator_name, n, replicates)
+        return {"values": {k: v.cpu() for k, v in truth.values.items()},
+                "se": {k: v.cpu() for k, v in truth.se.items()}}
+
+    # computed by one process, the others racing for it wait and load it (Dask workers)
+    saved = compute_once(_cache_dir() / f"{key.hexdigest()}.pt", compute)
+    device = next(iter(problem.params.values())).device
+    return Truth({k: v.to(device) for k, v in saved["values"].items()}, "oracle",
+                 {k: v.to(device) for k, v in saved["se"].items()})
+
+
+def _oracle(problem: Problem, estimator_name: str, n: int, replicates: int) -> Truth:
+    """The oracle of :func:`oracle_truth`, computed at one intra-op thread (so that a cached
+    oracle does not depend on the thread count of the process that happened to compute it)."""
+    from .engine import torch_threads
+
+    with torch_threads(1):
+        return _oracle_sums(problem, estimator_name, n, replicates)
+
+
+def _oracle_sums(problem: Problem, estimator_name: str, n: int, replicates: int) -> Truth:
     from .engine import replicate_estimates   # the engine imports problems' users, not vice versa
     from .registry import get_estimator
 
-    replicates = max(256, samples // n)
-    path = None
-    if getattr(problem, "cacheable_truth", False):
-        key = hashlib.blake2b(digest_size=16)
-        key.update(f"{problem.spec}|{estimator_name}|{n}|{replicates}|{code_version()}".encode())
-        for name, value in sorted(problem.params.items()):
-            key.update(name.encode() + value.detach().cpu().contiguous().numpy().tobytes())
-        path = _cache_dir() / f"{key.hexdigest()}.pt"
-        if path.exists():
-            saved = torch.load(path, weights_only=True)
-            device = next(iter(problem.params.values())).device
-            return Truth({k: v.to(device) for k, v in saved["values"].items()}, "oracle",
-                         {k: v.to(device) for k, v in saved["se"].items()})
     estimator = get_estimator(estimator_name)
     block = max(2, min(replicates, ORACLE_BLOCK_ELEMENTS // max(1, problem.param_numel())))
     total: dict[str, Tensor] = {}
@@ -93,15 +111,8 @@ def oracle_truth(problem: Problem, estimator_name: str, n: int, samples: int = O
     mean = {k: total[k] / done for k in total}
     var = {k: ((squares[k] - done * mean[k] ** 2) / (done - 1)).clamp_min(0) for k in total}
     dtype = next(iter(problem.params.values())).dtype
-    truth = Truth({k: v.to(dtype) for k, v in mean.items()}, "oracle",
-                  {k: (var[k] / done).sqrt().to(dtype) for k in var})
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        torch.save({"values": {k: v.cpu() for k, v in truth.values.items()},
-                    "se": {k: v.cpu() for k, v in truth.se.items()}}, tmp)
-        os.replace(tmp, path)
-    return truth
+    return Truth({k: v.to(dtype) for k, v in mean.items()}, "oracle",
+                 {k: (var[k] / done).sqrt().to(dtype) for k in var})
 
 
 def _oracle_estimator(problem: Problem) -> str:

@@ -1,0 +1,167 @@
+r"""Cells on a Dask cluster: the engine's rows, computed by Dask workers, in any completion order.
+
+Every cell (problem, estimator, N) of a grid is independent and seeded by its own
+:func:`~estimators.engine.cell_seed`, so it can run in any process, on any machine, in any order,
+and give the same numbers. :func:`map_cells` submits one Dask task per cell to a
+``distributed.Client`` and yields ``(index in the grid, rows)`` as cells complete; callers put
+the rows back in grid order (:func:`estimators.engine.measure`,
+:func:`analysis.sweep.sweep_to_csv`).
+
+What travels, and what runs where:
+
+* each distinct problem and estimator object is serialised once on the client with
+  ``cloudpickle`` (so bring-your-own problems with lambdas or local functions travel by value)
+  and becomes one small Dask task that rebuilds it on a worker; cells depend on that task, so a
+  worker keeps one copy per problem (with its in-memory truths) however many cells it runs, and
+  a lost copy is rebuilt by Dask from the task's bytes. An object ``cloudpickle`` cannot
+  serialise, or a worker cannot rebuild (a module missing there), is one error naming it;
+* a cell runs :func:`run_cell` on a worker: ``measure_cell`` at ``threads`` torch intra-op
+  threads (default 1), one cell at a time per worker process (a process-wide lock: torch's random
+  generator and thread count are global to the process, so two cells in threads of one process
+  would share them); the rows (a few hundred bytes per parameter) come back to the client;
+* oracle truths and trained digits checkpoints are read from, or computed once into, the cache
+  folder ``$GRADNOISE_CACHE`` of the worker's machine (:mod:`estimators.filecache`).
+
+A worker that dies mid-cell (killed, out of memory) loses only that attempt: the scheduler
+reruns the cell on another worker, up to ``distributed.scheduler.allowed-failures`` times
+(Dask's default 3), and the result is the same because the cell's seed is. A cell raising an
+error (a NaN cost) is not retried: it fails the same way everywhere.
+
+Dask is imported only here, and only when a client is used: ``import estimators`` and runs
+without a client pay nothing for it.
+"""
+from __future__ import annotations
+
+import contextlib
+import threading
+import warnings
+from typing import Iterator, Sequence
+
+from .base import GradientEstimator, Problem
+from .engine import MAX_ELEMENTS, check_threads, measure_cell, torch_threads
+
+#: one cell at a time per process (see the module docstring)
+_CELL_LOCK = threading.Lock()
+
+
+def run_cell(problem: Problem, estimator: GradientEstimator, budget: int, replicates: int, seed: int,
+             threads: int | None = 1, max_elements: int = MAX_ELEMENTS) -> list[dict]:
+    """One cell's rows (:func:`~estimators.engine.measure_cell`), computed in this process at
+    ``threads`` intra-op threads; the task a Dask worker runs."""
+    with _CELL_LOCK, torch_threads(threads):
+        return measure_cell(problem, estimator, budget, replicates, seed, max_elements=max_elements)
+
+
+def serialise(obj, what: str) -> bytes:
+    """``cloudpickle`` bytes of ``obj``, or one ``ValueError`` saying that ``what`` cannot be sent."""
+    import cloudpickle
+
+    try:
+        return cloudpickle.dumps(obj)
+    except Exception as err:  # pickling raises TypeError, PicklingError, AttributeError, ...
+        raise ValueError(
+            f"{what} cannot be sent to the Dask workers: cloudpickle cannot serialise it "
+            f"({type(err).__name__}: {err}); keep its functions and attributes picklable (no open "
+            f"files, locks or generators), or measure it without a client (--workers/--scheduler)"
+        ) from None
+
+
+def rebuild(blob: bytes, what: str):
+    """On a worker: the object serialised by :func:`serialise`, or one error naming it."""
+    import cloudpickle
+
+    try:
+        return cloudpickle.loads(blob)
+    except Exception as err:
+        raise RuntimeError(
+            f"{what} could not be rebuilt on a Dask worker ({type(err).__name__}: {err}); the worker "
+            f"needs the same packages (and versions) as the client"
+        ) from None
+
+
+def map_cells(
+    client, grid: Sequence[tuple[Problem, GradientEstimator, int]], replicates: int, seed: int = 0,
+    *, threads: int | None = 1, max_elements: int = MAX_ELEMENTS,
+) -> Iterator[tuple[int, list[dict]]]:
+    """``(index, rows)`` of each cell of ``grid`` as it completes on ``client``'s workers.
+
+    The rows are those :func:`~estimators.engine.measure_cell` gives sequentially at the same
+    ``threads`` (bitwise, every column but ``seconds_per_estimate``). Closing the generator
+    (an interrupt, an error in a cell) cancels the cells not yet finished.
+    """
+    from distributed import as_completed
+
+    check_threads(threads)
+    sent: dict[int, object] = {}
+
+    def send(obj, what):
+        if id(obj) not in sent:
+            sent[id(obj)] = client.submit(rebuild, serialise(obj, what), what, pure=False)
+        return sent[id(obj)]
+
+    futures = []
+    for problem, estimator, n in grid:
+        futures.append(client.submit(
+            run_cell, send(problem, f"problem {problem.spec!r}"), send(estimator, f"estimator {estimator.name!r}"),
+            n, replicates, seed, threads, max_elements, pure=False,
+        ))
+    index = {future.key: i for i, future in enumerate(futures)}
+    try:
+        for future in as_completed(futures):
+            yield index[future.key], future.result()
+    finally:
+        pending = [f for f in futures if not f.done()]
+        if pending:
+            client.cancel(pending)
+        client.cancel(list(sent.values()))
+
+
+
+@contextlib.contextmanager
+def open_client(workers: int | None = None, scheduler: str | None = None, *, timeout: float = 5.0):
+    """A ``distributed.Client`` for the block: on a new local cluster of ``workers`` processes, or
+    connected to the running scheduler at ``scheduler`` (``tcp://HOST:PORT``); ``None`` when
+    neither is given (run sequentially, Dask not imported).
+
+    The local cluster (``LocalCluster``) has ``workers`` single-threaded worker processes, no
+    dashboard and random ports, and is stopped at the end of the block; its processes start with
+    ``OMP_NUM_THREADS=1`` (Dask's nanny default) and each cell sets its torch thread count itself
+    (:func:`run_cell`). Errors, each one ``ValueError``: ``workers`` < 1, both given, and a
+    scheduler that does not answer within ``timeout`` seconds.
+    """
+    if workers is not None and scheduler is not None:
+        raise ValueError("give either --workers N (start a local cluster) or --scheduler ADDRESS "
+                         "(use a running one), not both")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise ValueError(f"--workers must be an integer >= 1 (worker processes to start), got {workers!r}; "
+                         f"leave it out to run in this process")
+    if workers is None and scheduler is None:
+        yield None
+        return
+    import logging
+
+    from distributed import Client, LocalCluster
+
+    if workers is not None:
+        with warnings.catch_warnings():
+            # without a dashboard the scheduler still serves metrics, on another port when 8787 is taken
+            warnings.filterwarnings("ignore", message="Port .* is already in use", category=UserWarning)
+            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                                   silence_logs=logging.ERROR)
+        with cluster, Client(cluster) as client:
+            yield client
+        return
+    if not isinstance(scheduler, str) or not scheduler:
+        raise ValueError(f"--scheduler must be an address such as tcp://HOST:8786, got {scheduler!r}")
+    try:
+        client = Client(scheduler, timeout=timeout)
+    except (OSError, TimeoutError, ValueError) as err:
+        raise ValueError(
+            f"cannot reach a Dask scheduler at {scheduler!r} within {timeout:g} s ({type(err).__name__}: {err}); "
+            f"start one with `dask scheduler` (it prints its address) and workers with "
+            f"`dask worker {scheduler} --nthreads 1`"
+        ) from None
+    try:
+        yield client
+    finally:
+        client.close()
