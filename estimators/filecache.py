@@ -6,9 +6,9 @@ needs them: several Dask workers on one machine, or on several machines sharing 
 :func:`compute_once` makes the first process compute and write the file while the others wait on
 its lock and then read it, so the work is done once and no reader ever sees a half-written file:
 
-* the lock is ``flock`` on ``<file>.lock`` (released by the kernel when its holder dies, so a
-  killed worker never leaves the others waiting); NFS honours ``flock`` through ``fcntl`` locks
-  on Linux >= 2.6.12;
+* the lock is ``flock`` on ``<file>.lock``, removed by its holder when done, and released by
+  the kernel when its holder dies (so a killed worker never leaves the others waiting); NFS
+  honours ``flock`` through ``fcntl`` locks on Linux >= 2.6.12;
 * the write goes to a unique temporary file in the same folder (``tempfile.mkstemp``: unique
   across hosts, unlike a pid), is flushed to disk, then renamed over the target
   (``os.replace``, atomic within a file system).
@@ -29,15 +29,31 @@ T = TypeVar("T")
 
 @contextlib.contextmanager
 def exclusive(path: str | os.PathLike):
-    """Hold an exclusive ``flock`` on ``<path>.lock`` (blocking) for the duration of the block."""
+    """Hold an exclusive ``flock`` on ``<path>.lock`` (blocking) for the duration of the block.
+
+    The holder removes the lock file when it leaves, so no lock files pile up in the cache; a
+    waiter that then gets the lock of the removed file sees that its inode is gone and locks
+    the new file instead (the same protocol as :func:`analysis.sweep.output_lock`).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
-    try:
+    lock = path.with_name(path.name + ".lock")
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
         fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            same = os.fstat(fd).st_ino == os.stat(lock).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)                      # the previous holder removed it meanwhile: lock anew
+    try:
         yield
     finally:
-        os.close(fd)          # closing the descriptor releases the lock
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(lock)
+        os.close(fd)                      # closing the descriptor releases the lock
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
