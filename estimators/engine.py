@@ -33,6 +33,7 @@ from typing import Iterable, Iterator, Sequence
 import pandas as pd
 import torch
 from torch import Tensor
+from torch.distributions import Distribution
 
 from . import statistics
 from .base import all_finite, EstimatorNotApplicable, GradientEstimator, NonFiniteCostError, Problem, replicate
@@ -51,6 +52,25 @@ def cell_seed(seed: int, problem: str, estimator: str, budget: int) -> int:
     """A 63-bit seed derived from the cell, stable across runs, platforms and Python versions."""
     key = f"{seed}|{problem}|{estimator}|{budget}".encode()
     return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1
+
+
+@contextlib.contextmanager
+def distribution_validation(enabled: bool):
+    """Run the block with ``torch.distributions``' argument validation on or off, then restore it.
+
+    The vectorised pass runs with it off: :meth:`Problem.validate` (called by the estimator's
+    ``check`` before any estimate) has already built the distribution at these parameters with
+    validation on, the replicated leaves are copies of them, and the samples come from the
+    distribution itself, so the per-pass checks (``scale > 0``, samples in the support: an
+    ``==``, a ``min`` and an ``all`` over every sample) could not fail. Validation never changes
+    a number; it was 5-10% of a Gaussian cell's time.
+    """
+    before = Distribution._validate_args
+    Distribution.set_default_validate_args(enabled)
+    try:
+        yield
+    finally:
+        Distribution.set_default_validate_args(before)
 
 
 def check_threads(threads: int | None) -> int | None:
@@ -160,7 +180,7 @@ def replicate_estimates(
     out: dict[str, Tensor] = {}
     where = f"problem {problem.spec!r}, estimator {estimator.name!r}, budget {budget}"
     start = time.perf_counter()
-    with torch.random.fork_rng(devices=devices):
+    with torch.random.fork_rng(devices=devices), distribution_validation(False):
         torch.manual_seed(cell_seed(seed, problem.spec, estimator.name, int(budget)))
         for first in range(0, replicates, step):
             params = replicate(problem.params, (min(step, replicates - first),))
