@@ -47,6 +47,8 @@ from scipy import stats
 
 import estimators as gn
 
+from .cluster import add_cluster_arguments, check_cluster_arguments, client_from_args
+
 LEVEL = 0.95
 Z = float(stats.norm.ppf(0.5 + LEVEL / 2))
 README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
@@ -64,6 +66,8 @@ class Config:
     quick: bool = False
     seed: int = 0
     threads: int = 1
+    #: a ``distributed.Client`` to run the cells on (``--workers``/``--scheduler``), or None
+    client: object = None
 
 
 @dataclass
@@ -137,6 +141,34 @@ def cell_rows(
     rows = gn.engine.summarise_estimates(problem, estimator, budget, seed, estimates, seconds,
                                          {g: list(n) for g, n in (groups or {}).items()})
     return rows, estimates, seconds
+
+
+def _study_cell(problem, estimator, budget, replicates, seed, groups, reduce, threads):
+    """:func:`cell_rows` of one cell and ``reduce(estimates, groups)`` (None without ``reduce``),
+    as a Dask task: the raw estimates stay where they were computed."""
+    from estimators.cluster import cell_context
+
+    with cell_context(threads):
+        rows, estimates, _ = cell_rows(problem, estimator, budget, replicates, seed, groups)
+        return rows, (reduce(estimates, groups) if reduce is not None else None)
+
+
+def study_cells(config: Config, cells, reduce: Callable | None = None) -> list[tuple[list[dict], object]]:
+    """``(rows, reduce(estimates, groups))`` of each ``(problem, estimator, budget, replicates, groups)`` in
+    ``cells``, in order: in this process, or on ``config.client``'s Dask workers (the same
+    numbers; ``reduce`` must be a module-level function, it runs where the cell ran)."""
+    if config.client is None:
+        out = []
+        for problem, estimator, budget, replicates, groups in cells:
+            rows, estimates, _ = cell_rows(problem, estimator, budget, replicates, config.seed, groups)
+            out.append((rows, reduce(estimates, groups) if reduce is not None else None))
+            del estimates
+        return out
+    from estimators.cluster import map_calls
+
+    calls = [(p, e, n, r, config.seed, g, reduce, config.threads) for p, e, n, r, g in cells]
+    done = dict(map_calls(config.client, _study_cell, calls))
+    return [done[i] for i in range(len(cells))]
 
 
 #: parameter groups of problems whose tensors are not named ``encoder.*`` / ``decoder.*``
@@ -359,20 +391,20 @@ def run_command(args: argparse.Namespace) -> int:
         raise ValueError("--out-dir is required")
     if args.update_readme and args.name != "all":
         raise ValueError("--update-readme needs `gradnoise study all` (the block shows every study)")
-    if args.threads < 1:
-        raise ValueError(f"--threads must be >= 1, got {args.threads}")
-    config = Config(quick=args.quick, seed=args.seed, threads=args.threads)
+    check_cluster_arguments(args)
     names = study_names() if args.name == "all" else [get_study(args.name).name]
     out = Path(args.out_dir)
     outcomes = []
-    for name in names:
-        target = out / name if args.name == "all" else out
-        print(f"study {name}{' (quick)' if args.quick else ''} -> {target}", file=sys.stderr)
-        o = run_study(name, target, config)
-        print(f"{name}: claim {o.verdict_text} ({o.wall_seconds:.1f} s)")
-        for line in o.headline:
-            print(f"  - {line}")
-        outcomes.append(o)
+    with client_from_args(args) as client:
+        config = Config(quick=args.quick, seed=args.seed, threads=args.threads, client=client)
+        for name in names:
+            target = out / name if args.name == "all" else out
+            print(f"study {name}{' (quick)' if args.quick else ''} -> {target}", file=sys.stderr)
+            o = run_study(name, target, config)
+            print(f"{name}: claim {o.verdict_text} ({o.wall_seconds:.1f} s)")
+            for line in o.headline:
+                print(f"  - {line}")
+            outcomes.append(o)
     if args.update_readme:
         update_readme(args.update_readme, outcomes, out)
         print(f"updated the results block of {args.update_readme}")
@@ -396,7 +428,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out-dir", metavar="DIR", help="output folder (for 'all': one sub-folder per study)")
     p.add_argument("--quick", action="store_true", help="reduced sizes (seconds; numbers indicative only)")
     p.add_argument("--seed", type=int, default=0, help="master seed (default: %(default)s)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads while measuring (default: %(default)s)")
+    add_cluster_arguments(p)
     p.add_argument("--update-readme", metavar="README", help="with 'all': rewrite the README's results block "
                    "and copy the figures to docs/results/ beside it")
     p.set_defaults(func=run_command)

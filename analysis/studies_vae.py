@@ -20,8 +20,8 @@ import pandas as pd
 import estimators as gn
 
 from .studies import (
-    Config, Outcome, cell_rows, fmt, fmt_ci, markdown_table, new_figure, parameter_groups,
-    ratio_interval, save_figure, study, write_csv, write_results, write_study_md,
+    Config, Outcome, fmt, fmt_ci, markdown_table, new_figure, parameter_groups,
+    ratio_interval, save_figure, study, study_cells, write_csv, write_results, write_study_md,
 )
 
 SCORE_FUNCTION = ("reinforce", "reinforce-loo", "reinforce-optimal")
@@ -104,7 +104,7 @@ def figure(results: pd.DataFrame, ratios: pd.DataFrame, checkpoints, path: Path)
        summary="Burda et al. 2016: encoder-gradient variance of reinforce(-loo, -optimal) vs reparam on digits-vae")
 def run(out: Path, config: Config) -> Outcome:
     sizes = QUICK if config.quick else FULL
-    rows = []
+    cells = []
     for ckpt in sizes.checkpoints:
         problem = gn.make_problem(f"{sizes.problem},checkpoint={ckpt}" if ":" in sizes.problem
                                   else f"{sizes.problem}:checkpoint={ckpt}")
@@ -114,7 +114,8 @@ def run(out: Path, config: Config) -> Outcome:
         for name in SCORE_FUNCTION + (PATHWISE,):
             estimator = gn.get_estimator(name)
             for n in sizes.budgets:
-                rows += cell_rows(problem, estimator, n, sizes.replicates, config.seed, groups)[0]
+                cells.append((problem, estimator, n, sizes.replicates, groups))
+    rows = [row for cell, _ in study_cells(config, cells) for row in cell]
     results = write_results(rows, out)
     ratios = ratio_table(results)
     write_csv(ratios, out / "ratios.csv")

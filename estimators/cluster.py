@@ -76,12 +76,20 @@ def undo_malloc_trim() -> bool:
         return False
 
 
+@contextlib.contextmanager
+def cell_context(threads: int | None = 1):
+    """What every cell task holds on a worker: the process's cell lock, ``threads`` intra-op
+    threads, and glibc's malloc thresholds restored (:func:`undo_malloc_trim`)."""
+    undo_malloc_trim()
+    with _CELL_LOCK, torch_threads(threads):
+        yield
+
+
 def run_cell(problem: Problem, estimator: GradientEstimator, budget: int, replicates: int, seed: int,
              threads: int | None = 1, max_elements: int = MAX_ELEMENTS) -> list[dict]:
     """One cell's rows (:func:`~estimators.engine.measure_cell`), computed in this process at
     ``threads`` intra-op threads; the task a Dask worker runs."""
-    undo_malloc_trim()
-    with _CELL_LOCK, torch_threads(threads):
+    with cell_context(threads):
         return measure_cell(problem, estimator, budget, replicates, seed, max_elements=max_elements)
 
 
@@ -122,23 +130,36 @@ def map_cells(
     ``threads`` (bitwise, every column but ``seconds_per_estimate``). Closing the generator
     (an interrupt, an error in a cell) cancels the cells not yet finished.
     """
+    check_threads(threads)
+    return map_calls(client, run_cell, [(p, e, n, replicates, seed, threads, max_elements) for p, e, n in grid])
+
+
+def map_calls(client, function, calls: Sequence[tuple]) -> Iterator[tuple[int, object]]:
+    """``(index, function(*calls[index]))`` as each call completes on ``client``'s workers.
+
+    ``function`` must be importable on the workers (a module-level function of an installed
+    package). Arguments that are :class:`Problem` or :class:`GradientEstimator` objects are
+    serialised once each (:func:`serialise`) and rebuilt once per worker that needs them; the
+    others travel with each call. Closing the generator cancels the calls not yet finished.
+    """
     from distributed import as_completed
 
-    check_threads(threads)
     sent: dict[int, object] = {}
 
-    def send(obj, what):
-        if id(obj) not in sent:
-            sent[id(obj)] = client.submit(rebuild, serialise(obj, what), what, pure=False)
-        return sent[id(obj)]
+    def send(arg):
+        if isinstance(arg, (Problem, GradientEstimator)):
+            if id(arg) not in sent:
+                what = f"problem {arg.spec!r}" if isinstance(arg, Problem) else f"estimator {arg.name!r}"
+                sent[id(arg)] = client.submit(rebuild, serialise(arg, what), what, pure=False)
+            return sent[id(arg)]
+        return arg
 
-    futures = []
-    for problem, estimator, n in grid:
-        futures.append(client.submit(
-            run_cell, send(problem, f"problem {problem.spec!r}"), send(estimator, f"estimator {estimator.name!r}"),
-            n, replicates, seed, threads, max_elements, pure=False,
-        ))
+    futures = [client.submit(function, *map(send, call), pure=False) for call in calls]
     index = {future.key: i for i, future in enumerate(futures)}
+    return _as_they_complete(client, futures, index, list(sent.values()), as_completed)
+
+
+def _as_they_complete(client, futures, index, sent, as_completed):
     try:
         for future in as_completed(futures):
             yield index[future.key], future.result()
@@ -146,8 +167,7 @@ def map_cells(
         pending = [f for f in futures if not f.done()]
         if pending:
             client.cancel(pending)
-        client.cancel(list(sent.values()))
-
+        client.cancel(sent)
 
 
 @contextlib.contextmanager
