@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import os
 import sys
 import threading
@@ -120,6 +121,38 @@ def rebuild(blob: bytes, what: str):
         ) from None
 
 
+#: sample-sized elements (N x R x (event + parameter numel)) below which consecutive cells of
+#: one problem and estimator share a Dask task, so that a task's overhead (measured: a few
+#: worker-ms) is small next to its work; about 30 ms of computing at one thread
+BATCH_ELEMENTS = 2**21
+
+
+def run_cells(problem: Problem, estimator: GradientEstimator, budgets: Sequence[tuple[int, int]], replicates: int,
+              seed: int, threads: int | None = 1, max_elements: int = MAX_ELEMENTS) -> list[tuple[int, list[dict]]]:
+    """``(index, rows)`` of the cells ``(index, N)`` of one problem and estimator, one after the
+    other (:func:`run_cell`); the task a Dask worker runs for a batch of small cells."""
+    return [(i, run_cell(problem, estimator, n, replicates, seed, threads, max_elements)) for i, n in budgets]
+
+
+def batches(grid: Sequence[tuple[Problem, GradientEstimator, int]], replicates: int, workers: int) -> list[tuple]:
+    """``grid`` cut into ``(problem, estimator, [(index, N), ...])``: consecutive cells of one
+    problem and estimator, closed once they hold :data:`BATCH_ELEMENTS` of work or a quarter of
+    the grid's share per worker (so that every worker still gets several tasks)."""
+    cap = max(1, math.ceil(len(grid) / (4 * max(1, workers))))
+    out: list[tuple] = []
+    work = 0
+    for i, (problem, estimator, n) in enumerate(grid):
+        last = out[-1] if out else None
+        if (last is None or last[0] is not problem or last[1] is not estimator or work >= BATCH_ELEMENTS
+                or len(last[2]) >= cap):
+            last = (problem, estimator, [])
+            out.append(last)
+            work = 0
+        last[2].append((i, n))
+        work += n * replicates * (problem.event_numel() + problem.param_numel())
+    return out
+
+
 def map_cells(
     client, grid: Sequence[tuple[Problem, GradientEstimator, int]], replicates: int, seed: int = 0,
     *, threads: int | None = 1, max_elements: int = MAX_ELEMENTS,
@@ -127,11 +160,19 @@ def map_cells(
     """``(index, rows)`` of each cell of ``grid`` as it completes on ``client``'s workers.
 
     The rows are those :func:`~estimators.engine.measure_cell` gives sequentially at the same
-    ``threads`` (bitwise, every column but ``seconds_per_estimate``). Closing the generator
-    (an interrupt, an error in a cell) cancels the cells not yet finished.
+    ``threads`` (bitwise, every column but ``seconds_per_estimate``). Small cells travel in
+    batches (:func:`batches`). Closing the generator (an interrupt, an error in a cell) cancels
+    the cells not yet finished.
     """
     check_threads(threads)
-    return map_calls(client, run_cell, [(p, e, n, replicates, seed, threads, max_elements) for p, e, n in grid])
+    calls = [(p, e, cells, replicates, seed, threads, max_elements)
+             for p, e, cells in batches(grid, replicates, len(client.nthreads()))]
+    finished = map_calls(client, run_cells, calls)
+    try:
+        for _, done in finished:
+            yield from done
+    finally:
+        finished.close()
 
 
 def map_calls(client, function, calls: Sequence[tuple]) -> Iterator[tuple[int, object]]:
@@ -161,8 +202,8 @@ def map_calls(client, function, calls: Sequence[tuple]) -> Iterator[tuple[int, o
 
 def _as_they_complete(client, futures, index, sent, as_completed):
     try:
-        for future in as_completed(futures):
-            yield index[future.key], future.result()
+        for future, result in as_completed(futures, with_results=True):     # results fetched in batches
+            yield index[future.key], result
     finally:
         pending = [f for f in futures if not f.done()]
         if pending:

@@ -222,3 +222,14 @@ def test_no_dask_import_without_a_client():
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('dask', 'distributed')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_study_on_the_cluster_is_bitwise_the_sequential_run(client, tmp_path):
+    from analysis.studies import Config, run_study
+
+    run_study("iwae-snr", tmp_path / "seq", Config(quick=True))
+    run_study("iwae-snr", tmp_path / "par", Config(quick=True, client=client))
+    for name in ("results.csv", "snr.csv", "snr_fits.csv"):
+        seq, par = pd.read_csv(tmp_path / "seq" / name), pd.read_csv(tmp_path / "par" / name)
+        columns = [c for c in seq.columns if c != "seconds_per_estimate"]
+        pd.testing.assert_frame_equal(seq[columns], par[columns], check_exact=True)

@@ -11,7 +11,8 @@ Not an asv benchmark (this folder has no ``__init__.py``). It prints:
    the cluster's start-up (processes, imports, first task) is timed separately;
 2. the Dask overhead per cell, from a grid of tiny cells (R=8, N=1..200 on gaussian-quadratic):
    the extra worker-seconds a cell costs on the cluster, ``(wall x workers - sequential wall) /
-   cells``: cells much longer than that gain the full factor of the workers;
+   cells``, as ``map_cells`` batches small cells and with one task per cell: cells much longer
+   than the per-task overhead gain the full factor of the workers;
 3. the load average before and after (the machine may be shared: a busy machine lowers the
    speed-up, as the workers then share cores with other work).
 
@@ -26,7 +27,7 @@ import time
 import pandas as pd
 
 import estimators as gn
-from estimators.cluster import map_cells, open_client
+from estimators.cluster import map_calls, map_cells, open_client, run_cells
 from estimators.engine import torch_threads
 
 PROBLEMS = ["gaussian-quadratic", "gaussian-exp", "gaussian-cos", "gaussian-quadratic-nd", "linear-gaussian-vae"]
@@ -55,7 +56,8 @@ def main() -> None:
     ap.add_argument("--replicates", type=int, default=1000)
     args = ap.parse_args()
     grid = gn.engine.cells(PROBLEMS, ESTIMATORS, BUDGETS)
-    tiny = [(gn.make_problem("gaussian-quadratic"), gn.get_estimator("reparam"), n) for n in range(1, 201)]
+    small, reparam = gn.make_problem("gaussian-quadratic"), gn.get_estimator("reparam")
+    tiny = [(small, reparam, n) for n in range(1, 201)]
     for p, e, n in grid + tiny[:1]:
         p.true_gradient(e.objective(n))
     print(f"{len(grid)} cells, R={args.replicates}; {os.cpu_count()} cores, load average "
@@ -69,14 +71,19 @@ def main() -> None:
         t_start = time.perf_counter() - start
         t_par, par = on_cluster(client, grid, args.replicates)
         t_tiny_par, _ = on_cluster(client, tiny, 8)
+        start = time.perf_counter()
+        dict(map_calls(client, run_cells, [(small, reparam, [(i, n)], 8, 0) for i, (_, _, n) in enumerate(tiny)]))
+        t_tiny_tasks = time.perf_counter() - start
     same = seq[STAT_COLUMNS].equals(par[STAT_COLUMNS])
     print(f"sequential: {t_seq:.2f} s; {args.workers} workers: {t_par:.2f} s (+ {t_start:.1f} s cluster start-up "
           f"and warm-up); speed-up {t_seq / t_par:.2f}x ({t_seq / (t_par + t_start):.2f}x with the start-up); "
           f"numbers bitwise identical: {same}")
     overhead = (t_tiny_par * args.workers - t_tiny_seq) / len(tiny)
-    print(f"tiny cells ({len(tiny)}, R=8): sequential {1e3 * t_tiny_seq / len(tiny):.2f} ms/cell, on "
-          f"{args.workers} workers {1e3 * t_tiny_par / len(tiny):.2f} ms/cell of wall time; Dask overhead "
-          f"{1e3 * overhead:.1f} worker-ms per cell")
+    per_task = (t_tiny_tasks * args.workers - t_tiny_seq) / len(tiny)
+    print(f"tiny cells ({len(tiny)}, R=8): sequential {1e3 * t_tiny_seq / len(tiny):.2f} ms/cell; on "
+          f"{args.workers} workers {1e3 * t_tiny_par / len(tiny):.2f} ms/cell of wall time, Dask overhead "
+          f"{1e3 * overhead:.1f} worker-ms per cell as batched by map_cells; one task per cell: "
+          f"{1e3 * t_tiny_tasks / len(tiny):.2f} ms/cell of wall time, overhead {1e3 * per_task:.1f} worker-ms per task")
     print(f"load average {os.getloadavg()[0]:.1f} at the end")
 
 
