@@ -200,6 +200,15 @@ def test_bad_cluster_options_are_one_line(tmp_path, capsys, extra, message):
     assert len(err) == 1 and re.search(message, err[0])
 
 
+@pytest.mark.parametrize("command", [["report", "--problem", "gaussian-quadratic"], ["study", "no-single-winner", "--quick"]],
+                         ids=["report", "study"])
+def test_report_and_study_refuse_bad_cluster_options(tmp_path, capsys, command):
+    assert main(command + ["--out-dir", str(tmp_path / "o"), "--workers", "0"]) == 2
+    assert "--workers must be >= 1" in capsys.readouterr().err
+    assert main(command + ["--out-dir", str(tmp_path / "o"), "--workers", "1", "--scheduler", "tcp://x:1"]) == 2
+    assert "not both" in capsys.readouterr().err
+
+
 def test_an_unreachable_scheduler_is_one_error_within_seconds():
     start = time.perf_counter()
     with pytest.raises(ValueError, match="cannot reach a Dask scheduler at 'tcp://127.0.0.1:9' within 1 s"):
