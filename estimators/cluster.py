@@ -185,6 +185,7 @@ def map_calls(client, function, calls: Sequence[tuple]) -> Iterator[tuple[int, o
     """
     from distributed import as_completed
 
+    check_workers(client)
     sent: dict[int, object] = {}
 
     def send(arg):
@@ -198,6 +199,26 @@ def map_calls(client, function, calls: Sequence[tuple]) -> Iterator[tuple[int, o
     futures = [client.submit(function, *map(send, call), pure=False) for call in calls]
     index = {future.key: i for i, future in enumerate(futures)}
     return _as_they_complete(client, futures, index, list(sent.values()), as_completed)
+
+
+def check_workers(client) -> None:
+    """One ``ValueError`` when a connected worker runs other gradnoise code than this process
+    (another :func:`~estimators.provenance.code_version`): its rows would carry numbers of other
+    code. Workers that join later are not checked here; each row records its code version."""
+    from .provenance import code_version
+
+    try:
+        versions = client.run(code_version)
+    except Exception as err:   # a worker without gradnoise fails to unpickle the function
+        raise ValueError(f"cannot ask the Dask workers for their gradnoise version ({type(err).__name__}: "
+                         f"{err}); install the same gradnoise on every worker") from None
+    other = {worker: v for worker, v in versions.items() if v != code_version()}
+    if other:
+        raise ValueError(
+            f"{len(other)} of {len(versions)} Dask workers run other gradnoise code than this process "
+            f"({code_version()}): " + ", ".join(f"{w} has {v}" for w, v in sorted(other.items()))
+            + "; install the same version (and torch) on every machine"
+        )
 
 
 def _as_they_complete(client, futures, index, sent, as_completed):

@@ -242,3 +242,14 @@ def test_a_study_on_the_cluster_is_bitwise_the_sequential_run(client, tmp_path):
         seq, par = pd.read_csv(tmp_path / "seq" / name), pd.read_csv(tmp_path / "par" / name)
         columns = [c for c in seq.columns if c != "seconds_per_estimate"]
         pd.testing.assert_frame_equal(seq[columns], par[columns], check_exact=True)
+
+
+def test_workers_running_other_code_are_refused(client):
+    from estimators import provenance
+
+    client.run(lambda: setattr(provenance, "code_version", lambda: "0123456789ab"))
+    try:
+        with pytest.raises(ValueError, match="2 of 2 Dask workers run other gradnoise code .* 0123456789ab"):
+            gn.measure("gaussian-quadratic", "reparam", [4], replicates=8, client=client)
+    finally:
+        client.restart()                # fresh worker processes, with the real code_version
