@@ -33,6 +33,7 @@ from estimators.io import atomic_write_csv, atomic_write_text, fmt, fmt_ci, mark
 
 from . import fit as fit_mod
 from . import plot as plot_mod
+from .cluster import add_cluster_arguments, check_cluster_arguments, client_from_args
 from .sweep import check_output_dir, sweep_to_csv
 
 #: the default sweep: every problem x every valid estimator, budgets over two decades
@@ -142,6 +143,7 @@ def _git_head() -> str:
 def run_report(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     out_dir = check_output_dir(args.out_dir)
+    check_cluster_arguments(args)
     problems = args.problem or gn.problem_names(default_sweep=True)
     estimators = args.estimator or gn.estimator_names()
     budgets = sorted(args.budget or REPORT_BUDGETS)
@@ -156,8 +158,9 @@ def run_report(args: argparse.Namespace) -> int:
         raise ValueError(f"--rank-budget {rank_budget} is not among the budgets measured "
                          f"({', '.join(map(str, budgets))}); choose one of them")
     sweep_path = os.path.join(out_dir, "sweep.csv")
-    outcome = sweep_to_csv(grid, args.replicates, args.seed, sweep_path, progress=not args.quiet,
-                           resume=not args.fresh)
+    with client_from_args(args) as client:
+        outcome = sweep_to_csv(grid, args.replicates, args.seed, sweep_path, progress=not args.quiet,
+                               resume=not args.fresh, client=client, threads=args.threads)
     results = outcome.results
     t_sweep = time.perf_counter() - start
     fits = fit_mod.fit_curves(results)
@@ -206,4 +209,5 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    "when measured, else the largest budget)")
     p.add_argument("--fresh", action="store_true", help="recompute every cell")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_cluster_arguments(p)
     p.set_defaults(func=run_report)

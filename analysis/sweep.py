@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -14,6 +15,8 @@ import estimators as gn
 from estimators import registry
 from estimators.io import atomic_write_csv, exclusive_lock
 from estimators.provenance import code_version
+
+from .cluster import add_cluster_arguments, check_cluster_arguments, client_from_args
 
 DEFAULT_BUDGETS = (1, 10, 100, 1000)
 DEFAULT_REPLICATES = 1000
@@ -124,6 +127,7 @@ class SweepOutcome:
 
 def sweep_to_csv(
     grid, replicates: int, seed: int, out: str | os.PathLike, *, progress: bool = True, resume: bool = True,
+    client=None, threads: int | None = 1,
 ) -> SweepOutcome:
     """Measure ``grid`` (from :func:`estimators.engine.cells`) into ``out``, resumably.
 
@@ -137,13 +141,20 @@ def sweep_to_csv(
     says how many were reused and why. Cells are seeded independently, so resumed numbers are
     those of an uninterrupted run. The output is locked (:func:`output_lock`) while the sweep
     runs, and checked writable before the first cell is computed.
+
+    Cells run at ``threads`` torch intra-op threads (default 1; ``None``: torch's setting), in
+    this process, or with ``client`` (a ``distributed.Client``) on its Dask workers
+    (:func:`estimators.cluster.map_cells`): the same rows, bitwise, written to the sidecar as
+    cells arrive in any order, the CSV in grid order.
     """
     out = check_output_file(out)
+    gn.engine.check_threads(threads)
     with output_lock(out):
-        return _sweep_locked(grid, replicates, seed, out, progress=progress, resume=resume)
+        return _sweep_locked(grid, replicates, seed, out, progress=progress, resume=resume, client=client,
+                             threads=threads)
 
 
-def _sweep_locked(grid, replicates, seed, out, *, progress, resume) -> SweepOutcome:
+def _sweep_locked(grid, replicates, seed, out, *, progress, resume, client=None, threads=1) -> SweepOutcome:
     side = partial_path(out)
     for problem in {id(p): p for p, _, _ in grid}.values():
         gn.engine.check_memory(problem, replicates)
@@ -162,10 +173,15 @@ def _sweep_locked(grid, replicates, seed, out, *, progress, resume) -> SweepOutc
         print(f"reusing {reused} of {len(grid)} cells computed by the same code; "
               f"recomputing {stale} computed by other code" if stale else
               f"resuming: {reused} of {len(grid)} cells already done by the same code", file=sys.stderr)
-    iterator = gn.engine.iter_measure(todo, replicates, seed)
+    if client is None:
+        finished = enumerate(gn.engine.iter_measure(todo, replicates, seed))
+    else:
+        from estimators.cluster import map_cells
+
+        finished = map_cells(client, todo, replicates, seed, threads=threads)
     # the bar advances by each cell's work, N x (event + param elements), so that its ETA holds
     # for grids whose cells differ by orders of magnitude; it shows the cell count and the cell
-    # being computed
+    # being computed (sequential) or the last one finished (on a cluster, in completion order)
     work = [n * (p.event_numel() + p.param_numel()) for p, _, n in todo]
     bar = None
     if progress and todo:
@@ -173,22 +189,33 @@ def _sweep_locked(grid, replicates, seed, out, *, progress, resume) -> SweepOutc
 
         bar = tqdm(total=sum(work), desc="sweep", file=sys.stderr, dynamic_ncols=True,
                    bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}{postfix}]")
+
+    def label(i):
+        problem, estimator, n = todo[i]
+        return f"{problem.spec} {estimator.name} N={n}"
+
     computed = 0
     fh = None
     try:
-        for i, (problem, estimator, n) in enumerate(todo):
-            if bar is not None:
-                bar.set_postfix_str(f"cell {i + 1}/{len(todo)}: {problem.spec} {estimator.name} N={n}")
-            rows = next(iterator)
-            if fh is None:
-                fh = open(side, "a")
-            fh.write(json.dumps(rows) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-            done[_cell_key(problem.spec, estimator.name, n, replicates, seed)] = rows
-            computed += 1
-            if bar is not None:
-                bar.update(work[i])
+        if bar is not None:
+            bar.set_postfix_str(f"cell 1/{len(todo)}: {label(0)}" if client is None else
+                                f"0/{len(todo)} cells on {len(client.nthreads())} Dask workers")
+        with gn.engine.torch_threads(threads) if client is None else contextlib.nullcontext():
+            for i, rows in finished:
+                if fh is None:
+                    fh = open(side, "a")
+                fh.write(json.dumps(rows) + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+                problem, estimator, n = todo[i]
+                done[_cell_key(problem.spec, estimator.name, n, replicates, seed)] = rows
+                computed += 1
+                if bar is not None:
+                    bar.update(work[i])
+                    if client is not None:
+                        bar.set_postfix_str(f"{computed}/{len(todo)} cells, last: {label(i)}")
+                    elif computed < len(todo):
+                        bar.set_postfix_str(f"cell {computed + 1}/{len(todo)}: {label(computed)}")
     except KeyboardInterrupt:
         if bar is not None:
             bar.close()
@@ -197,6 +224,8 @@ def _sweep_locked(grid, replicates, seed, out, *, progress, resume) -> SweepOutc
                   file=sys.stderr)
         raise
     finally:
+        if hasattr(finished, "close"):
+            finished.close()          # on a cluster: cancels the cells not yet finished
         if fh is not None:
             fh.close()
     if bar is not None:
@@ -210,6 +239,7 @@ def _sweep_locked(grid, replicates, seed, out, *, progress, resume) -> SweepOutc
 
 def run_sweep(args: argparse.Namespace) -> int:
     check_output_file(args.out)
+    check_cluster_arguments(args)
     explicit = bool(args.problem or args.estimator)
     problems = args.problem or gn.problem_names(default_sweep=True)
     estimators = args.estimator or gn.estimator_names()
@@ -221,8 +251,9 @@ def run_sweep(args: argparse.Namespace) -> int:
             print(f"skipped: {line}", file=sys.stderr)
     if not grid:
         raise ValueError("no valid problem x estimator x budget combination:\n  " + "\n  ".join(skipped))
-    outcome = sweep_to_csv(grid, args.replicates, args.seed, args.out, progress=not args.quiet,
-                           resume=not args.fresh)
+    with client_from_args(args) as client:
+        outcome = sweep_to_csv(grid, args.replicates, args.seed, args.out, progress=not args.quiet,
+                               resume=not args.fresh, client=client, threads=args.threads)
     print(f"wrote {len(outcome.results)} rows ({outcome.describe()}) to {args.out}")
     return 0
 
@@ -250,7 +281,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "      --budget 1 --budget 10 --budget 100 --replicates 2000 --seed 1 --out cos.csv\n"
         "invalid combinations (e.g. reparam on bernoulli-toy) are skipped with a note on stderr.\n"
         "resumable: each finished cell is appended to OUT.partial.jsonl; after Ctrl-C or a kill,\n"
-        "re-running the same command computes only the missing cells. OUT is written atomically.",
+        "re-running the same command computes only the missing cells. OUT is written atomically.\n"
+        "parallel: --workers 2 runs the cells on 2 local worker processes, --scheduler tcp://HOST:8786\n"
+        "on a running Dask cluster; the numbers are the same, bitwise (docs/scaling.md).",
     )
     p.add_argument("--problem", action="append", metavar="P", help="problem name with options (repeatable; default: all but the trained digits-* models, which take minutes each)")
     p.add_argument("--estimator", action="append", metavar="E", help="estimator name (repeatable; default: all)")
@@ -263,6 +296,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--fresh", action="store_true",
                    help="recompute every cell (default: reuse finished cells of an interrupted or earlier run)")
+    add_cluster_arguments(p)
     p.set_defaults(func=run_sweep)
 
     p = sub.add_parser(

@@ -20,10 +20,16 @@ A *cell* is (problem, estimator, budget N). For each cell the engine
 4. summarises each parameter with :func:`estimators.statistics.summarise` against the truth of
    the estimator's objective, into one tidy row per problem x estimator x param x budget.
 
-Same seed, same numbers, bitwise, on the CPU (for the same ``max_elements``).
+Same seed, same numbers, bitwise, on the CPU (for the same ``max_elements`` and thread count),
+in this process or on any Dask worker (:mod:`estimators.cluster`). Cells run at one torch
+intra-op thread by default (:func:`torch_threads`, recorded in the column ``threads``): another
+thread count can change the last bits of cells whose kernels torch parallelises by splitting a
+reduction (measured over the default sweep grid, 1 against 2 threads: 6 of 269 rows, all
+``linear-gaussian-vae`` x ``iwae-dreg``, at most 3e-8 relative; see docs/scaling.md).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import numbers
 import time
@@ -32,6 +38,7 @@ from typing import Iterable, Iterator, Sequence
 import pandas as pd
 import torch
 from torch import Tensor
+from torch.distributions import Distribution
 
 from . import statistics
 from .base import all_finite, EstimatorNotApplicable, GradientEstimator, NonFiniteCostError, Problem, replicate
@@ -39,9 +46,9 @@ from .provenance import code_version
 from .registry import get_estimator, make_problem
 
 #: what identifies a row, then the statistics (:data:`estimators.statistics.SUMMARY_COLUMNS`),
-#: then the cost and the code that computed it
+#: then the cost, the code that computed it and torch's intra-op threads
 CELL_COLUMNS = ["problem", "estimator", "param", "budget", "replicates", "seed", "truth_kind"]
-COST_COLUMNS = ["seconds_per_estimate", "cost_evals", "code_version"]
+COST_COLUMNS = ["seconds_per_estimate", "cost_evals", "code_version", "threads"]
 COLUMNS = CELL_COLUMNS + list(statistics.SUMMARY_COLUMNS) + COST_COLUMNS
 #: the columns that hold text; every other column of a row is a number
 TEXT_COLUMNS = ["problem", "estimator", "param", "truth_kind", "code_version"]
@@ -52,6 +59,54 @@ def cell_seed(seed: int, problem: str, estimator: str, budget: int) -> int:
     """A 63-bit seed derived from the cell, stable across runs, platforms and Python versions."""
     key = f"{seed}|{problem}|{estimator}|{budget}".encode()
     return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1
+
+
+@contextlib.contextmanager
+def distribution_validation(enabled: bool):
+    """Run the block with ``torch.distributions``' argument validation on or off, then restore it.
+
+    The vectorised pass runs with it off: :meth:`Problem.validate` (called by the estimator's
+    ``check`` before any estimate) has already built the distribution at these parameters with
+    validation on, the replicated leaves are copies of them, and the samples come from the
+    distribution itself, so the per-pass checks (``scale > 0``, samples in the support: an
+    ``==``, a ``min`` and an ``all`` over every sample) could not fail. Validation never changes
+    a number; it was 5-10% of a Gaussian cell's time.
+    """
+    before = Distribution._validate_args
+    Distribution.set_default_validate_args(enabled)
+    try:
+        yield
+    finally:
+        Distribution.set_default_validate_args(before)
+
+
+def check_threads(threads: int | None) -> int | None:
+    """``threads`` if it is None or an integer >= 1, else one ``ValueError``."""
+    if threads is not None and (not _is_count(threads) or threads < 1):
+        raise ValueError(f"threads must be an integer >= 1 (or None: torch's setting), got {threads!r}")
+    return threads
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None):
+    """Run the block at ``threads`` torch intra-op threads (``None``: leave torch's setting).
+
+    The default of the engine is 1: on a machine busy with other work torch's OpenMP threads spin
+    waiting for cores (measured on 2 busy cores: 6-9 us per estimate at 1 thread, 134-168 at 2),
+    and parallelism across cells (``--workers``) uses the cores instead. The count is restored
+    afterwards and recorded in each row (column ``threads``).
+    """
+    if check_threads(threads) is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    if before != threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
 
 
 def _is_count(value) -> bool:
@@ -132,8 +187,13 @@ def replicate_estimates(
     out: dict[str, Tensor] = {}
     where = f"problem {problem.spec!r}, estimator {estimator.name!r}, budget {budget}"
     start = time.perf_counter()
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(cell_seed(seed, problem.spec, estimator.name, int(budget)))
+    with torch.random.fork_rng(devices=devices), distribution_validation(False):
+        if device.type == "cuda":
+            torch.manual_seed(cell_seed(seed, problem.spec, estimator.name, int(budget)))
+        else:
+            # the CPU generator alone: torch.manual_seed also queues a lazy seeding of every CUDA
+            # device, recording a traceback each time (0.45 ms a cell, half a small cell's time)
+            torch.default_generator.manual_seed(cell_seed(seed, problem.spec, estimator.name, int(budget)))
         for first in range(0, replicates, step):
             params = replicate(problem.params, (min(step, replicates - first),))
             try:
@@ -182,6 +242,7 @@ def summarise_estimates(
             "replicates": replicates, "seed": seed, "truth_kind": truth.kind,
             "seconds_per_estimate": seconds / replicates,
             "cost_evals": estimator.cost_evals_for(problem, budget), "code_version": code_version(),
+            "threads": torch.get_num_threads(),
         }
         row.update(statistics.summarise(
             flat(estimates, names, (replicates,)), flat(truth.values, names, ()), flat(truth.se, names, ())
@@ -275,6 +336,8 @@ def measure(
     on_invalid: str = "raise",
     progress: bool = False,
     max_elements: int = MAX_ELEMENTS,
+    threads: int | None = 1,
+    client=None,
 ) -> pd.DataFrame:
     """Measure every problem x estimator x budget; a tidy DataFrame with :data:`COLUMNS`.
 
@@ -282,6 +345,10 @@ def measure(
 
     Problems and estimators are names (with options) or objects; ``device`` is ``"cpu"`` by
     default (``"cuda"`` where present). Invalid combinations raise unless ``on_invalid="skip"``.
+    Cells run at ``threads`` torch intra-op threads (default 1, see :func:`torch_threads`;
+    ``None`` leaves torch's setting). With ``client`` (a ``distributed.Client``) the cells run
+    on its Dask workers (:func:`estimators.cluster.map_cells`), with the same numbers, bitwise,
+    in the same row order.
     """
     def one(value, cls, what):
         if isinstance(value, (str, cls)):
@@ -299,12 +366,18 @@ def measure(
         raise TypeError(f"budgets must be an integer or a list of integers, got {budgets!r} ({type(budgets).__name__})")
     grid = cells(one(problems, Problem, "problems"), one(estimators, GradientEstimator, "estimators"),
                  budgets, device=device, on_invalid=on_invalid)
-    rows: list[dict] = []
-    iterator = iter_measure(grid, replicates, seed, max_elements=max_elements)
+    if client is not None:
+        from .cluster import map_cells
+
+        done = map_cells(client, grid, replicates, seed, threads=threads, max_elements=max_elements)
+    else:
+        done = enumerate(iter_measure(grid, replicates, seed, max_elements=max_elements))
     if progress:
         from tqdm.auto import tqdm
 
-        iterator = tqdm(iterator, total=len(grid), unit="cell", desc="measuring")
-    for cell_rows in iterator:
-        rows.extend(cell_rows)
-    return pd.DataFrame(rows, columns=COLUMNS)
+        done = tqdm(done, total=len(grid), unit="cell", desc="measuring")
+    by_cell: dict[int, list[dict]] = {}
+    with torch_threads(threads) if client is None else contextlib.nullcontext():
+        for index, cell_rows in done:
+            by_cell[index] = cell_rows
+    return pd.DataFrame([row for index in range(len(grid)) for row in by_cell[index]], columns=COLUMNS)

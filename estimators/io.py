@@ -4,7 +4,8 @@
   folder, flushed and fsynced, then ``os.replace``; a reader (or a crash) sees the old file or
   the new one, never half of one. Concurrent writers of the same content (two workers computing
   one cached oracle) each replace the file whole.
-* :func:`exclusive_lock`: ``flock`` on a lock file, released with its holder's process.
+* :func:`exclusive_lock`: ``flock`` on a lock file, released with its holder's process;
+  :func:`compute_once`: a cache file computed by one process while the others wait for it.
 * :func:`cache_dir`: ``$GRADNOISE_CACHE/<kind>``; unset or empty means ``~/.cache/gradnoise``.
 * :func:`fmt`, :func:`fmt_ci` and :func:`markdown_table`: how every report prints numbers.
 """
@@ -18,9 +19,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, IO, Iterator
+from typing import IO, Callable, Iterator, TypeVar
 
 import pandas as pd
+
+T = TypeVar("T")
 
 
 def cache_dir(kind: str) -> Path:
@@ -68,24 +71,27 @@ def atomic_torch_save(obj, path: str | os.PathLike) -> None:
 
 
 @contextlib.contextmanager
-def exclusive_lock(path: str | os.PathLike, what: str) -> Iterator[None]:
+def exclusive_lock(path: str | os.PathLike, what: str = "", *, wait: bool = False) -> Iterator[None]:
     """Hold an exclusive ``flock`` on the file ``path`` (created; removed on release).
 
-    A second holder fails at once with a ``ValueError`` naming the first (its pid, host, start
-    time and command, written into the file) and ``what`` is locked. A holder that dies releases
-    the lock with its process. The removal on release is safe against a process that opened the
-    file just before: after locking, the holder checks it still holds the file at ``path``.
+    ``wait=False``: a second holder fails at once with a ``ValueError`` naming the first (its
+    pid, host, start time and command, written into the file) and ``what`` is locked.
+    ``wait=True``: it waits for the first to finish. A holder that dies releases the lock with
+    its process. The removal on release is safe against a process that opened the file just
+    before: after locking, the holder checks it still holds the file at ``path`` (and locks the
+    new file otherwise). Linux honours ``flock`` on NFS through ``fcntl`` locks.
     """
     import fcntl
 
     path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     while True:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as err:
             raise ValueError(f"cannot create the lock file {path!r}: {err.strerror}") from None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
             holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another process"
             os.close(fd)
@@ -107,6 +113,24 @@ def exclusive_lock(path: str | os.PathLike, what: str) -> Iterator[None]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
         os.close(fd)
+
+
+def compute_once(path: str | os.PathLike, compute: Callable[[], T]) -> T:
+    """The torch file at ``path``, computing and writing it first if no process has yet.
+
+    For caches shared by several processes (Dask workers on one machine, or machines sharing the
+    cache folder): the first computes and writes (atomically) while the others wait on
+    ``<path>.lock``, then load what it wrote; ``compute()`` runs at most once per file, and every
+    process gets the same bits, as loaded back from the file.
+    """
+    import torch
+
+    path = Path(path)
+    if not path.exists():
+        with exclusive_lock(path.with_name(path.name + ".lock"), wait=True):
+            if not path.exists():
+                atomic_torch_save(compute(), path)
+    return torch.load(path, weights_only=True)
 
 
 def fmt(value, digits: int = 3) -> str:

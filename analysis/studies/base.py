@@ -53,6 +53,7 @@ from estimators.statistics import log_se
 from ..fit import fit_curves
 from ..plot import estimator_style
 
+
 LEVEL = 0.95
 Z = float(stats.norm.ppf(0.5 + LEVEL / 2))
 
@@ -69,6 +70,8 @@ class Config:
     quick: bool = False
     seed: int = 0
     threads: int = 1
+    #: a ``distributed.Client`` to run the cells on (``--workers``/``--scheduler``), or None
+    client: object = None
 
 
 @dataclass
@@ -149,6 +152,34 @@ def cell_rows(
     rows = gn.engine.summarise_estimates(problem, estimator, budget, seed, estimates, seconds,
                                          {g: list(n) for g, n in (groups or {}).items()})
     return rows, estimates, seconds
+
+
+def _study_cell(problem, estimator, budget, replicates, seed, groups, reduce, threads):
+    """:func:`cell_rows` of one cell and ``reduce(estimates, groups)`` (None without ``reduce``),
+    as a Dask task: the raw estimates stay where they were computed."""
+    from estimators.cluster import cell_context
+
+    with cell_context(threads):
+        rows, estimates, _ = cell_rows(problem, estimator, budget, replicates, seed, groups)
+        return rows, (reduce(estimates, groups) if reduce is not None else None)
+
+
+def study_cells(config: Config, cells, reduce: Callable | None = None) -> list[tuple[list[dict], object]]:
+    """``(rows, reduce(estimates, groups))`` of each ``(problem, estimator, budget, replicates, groups)`` in
+    ``cells``, in order: in this process, or on ``config.client``'s Dask workers (the same
+    numbers; ``reduce`` must be a module-level function, it runs where the cell ran)."""
+    if config.client is None:
+        out = []
+        for problem, estimator, budget, replicates, groups in cells:
+            rows, estimates, _ = cell_rows(problem, estimator, budget, replicates, config.seed, groups)
+            out.append((rows, reduce(estimates, groups) if reduce is not None else None))
+            del estimates
+        return out
+    from estimators.cluster import map_calls
+
+    calls = [(p, e, n, r, config.seed, g, reduce, config.threads) for p, e, n, r, g in cells]
+    done = dict(map_calls(config.client, _study_cell, calls))
+    return [done[i] for i in range(len(cells))]
 
 
 def ratio_interval(num, num_low, num_high, den, den_low, den_high):

@@ -16,6 +16,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from ..cluster import add_cluster_arguments, check_cluster_arguments, client_from_args
 from .base import Config, Outcome, get_study, run_study, study_names
 
 README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
@@ -75,20 +76,20 @@ def run_command(args: argparse.Namespace) -> int:
         raise ValueError("--out-dir is required")
     if args.update_readme and args.name != "all":
         raise ValueError("--update-readme needs `gradnoise study all` (the block shows every study)")
-    if args.threads < 1:
-        raise ValueError(f"--threads must be >= 1, got {args.threads}")
-    config = Config(quick=args.quick, seed=args.seed, threads=args.threads)
+    check_cluster_arguments(args)
     names = study_names() if args.name == "all" else [get_study(args.name).name]
     out = Path(args.out_dir)
     outcomes = []
-    for name in names:
-        target = out / name if args.name == "all" else out
-        print(f"study {name}{' (quick)' if args.quick else ''} -> {target}", file=sys.stderr)
-        o = run_study(name, target, config)
-        print(f"{name}: claim {o.verdict_text} ({o.wall_seconds:.1f} s)")
-        for line in o.headline:
-            print(f"  - {line}")
-        outcomes.append(o)
+    with client_from_args(args) as client:
+        config = Config(quick=args.quick, seed=args.seed, threads=args.threads, client=client)
+        for name in names:
+            target = out / name if args.name == "all" else out
+            print(f"study {name}{' (quick)' if args.quick else ''} -> {target}", file=sys.stderr)
+            o = run_study(name, target, config)
+            print(f"{name}: claim {o.verdict_text} ({o.wall_seconds:.1f} s)")
+            for line in o.headline:
+                print(f"  - {line}")
+            outcomes.append(o)
     if args.update_readme:
         update_readme(args.update_readme, outcomes, out)
         print(f"updated the results block of {args.update_readme}")
@@ -112,7 +113,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out-dir", metavar="DIR", help="output folder (for 'all': one sub-folder per study)")
     p.add_argument("--quick", action="store_true", help="reduced sizes (seconds; numbers indicative only)")
     p.add_argument("--seed", type=int, default=0, help="master seed (default: %(default)s)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads while measuring (default: %(default)s)")
+    add_cluster_arguments(p)
     p.add_argument("--update-readme", metavar="README", help="with 'all': rewrite the README's results block "
                    "and copy the figures to docs/results/ beside it")
     p.set_defaults(func=run_command)

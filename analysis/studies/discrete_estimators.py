@@ -22,7 +22,7 @@ import estimators as gn
 from estimators.io import atomic_write_csv, fmt, fmt_ci, markdown_table
 
 from .base import (
-    Config, Outcome, cell_rows, errorbar_series, log_axes, new_figure, ratio_interval, save_figure, study,
+    Config, Outcome, errorbar_series, log_axes, new_figure, ratio_interval, save_figure, study, study_cells,
     with_options, write_results, write_study_md,
 )
 
@@ -165,21 +165,16 @@ def judge(ratios: pd.DataFrame) -> tuple[bool, str, list[str]]:
                "gumbel-softmax, straight-through at equal evaluations on digits-bernoulli-vae")
 def run(out: Path, config: Config) -> Outcome:
     sizes = QUICK if config.quick else FULL
-    rows = []
+    cells = []
     for ckpt in sizes.checkpoints:
         problem = gn.make_problem(with_options(sizes.problem, checkpoint=ckpt, oracle_samples=sizes.oracle_samples))
-        groups = problem.groups
-        for name in ESTIMATORS:
-            estimator = gn.get_estimator(name)
-            for evals in sizes.evaluations:
-                rows += cell_rows(problem, estimator, budget_for(estimator, evals), sizes.replicates,
-                                  config.seed, groups)[0]
         stopped = gn.StoppedScoreTerm(problem)
-        for name in PAPER_FORM:
-            estimator = gn.get_estimator(name)
-            for evals in sizes.evaluations:
-                rows += cell_rows(stopped, estimator, budget_for(estimator, evals), sizes.replicates,
-                                  config.seed, groups)[0]
+        for form, names in ((problem, ESTIMATORS), (stopped, PAPER_FORM)):
+            for name in names:
+                estimator = gn.get_estimator(name)
+                for evals in sizes.evaluations:
+                    cells.append((form, estimator, budget_for(estimator, evals), sizes.replicates, problem.groups))
+    rows = [row for cell, _ in study_cells(config, cells) for row in cell]
     results = write_results(rows, out)
     ratios = ratio_table(results)
     biases = bias_table(results)

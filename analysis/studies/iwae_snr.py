@@ -55,7 +55,7 @@ from estimators.io import atomic_write_csv, fmt, fmt_ci, markdown_table
 from ..fit import fit_power_law
 from ..plot import estimator_style
 from .base import (
-    Config, Outcome, cell_rows, log_axes, new_figure, save_figure, study, with_options,
+    Config, Outcome, log_axes, new_figure, save_figure, study, study_cells, with_options,
     write_results, write_study_md,
 )
 
@@ -134,6 +134,11 @@ class Moments:
 
 def multinomial_weights(rng: np.random.Generator, b: int, r: int) -> np.ndarray:
     return rng.multinomial(r, np.full(r, 1.0 / r), size=b) / r
+
+
+def group_moments_of(estimates: dict[str, torch.Tensor], groups: dict[str, list[str]]) -> dict[str, Moments]:
+    """``{group: Moments}`` of one cell's estimates (computed where the cell ran)."""
+    return {group: Moments.of(estimates, list(names)) for group, names in groups.items()}
 
 
 def snr_rows(problem: gn.Problem, k: int, moments: dict[tuple[str, str], Moments], b: int,
@@ -290,19 +295,21 @@ def figure(snr: pd.DataFrame, fits: pd.DataFrame, path: Path) -> str:
 def run(out: Path, config: Config) -> Outcome:
     sizes = QUICK if config.quick else FULL
     rng = np.random.default_rng(config.seed)
-    rows, snr = [], []
+    cells, where = [], []
     for spec, ks, replicates, oracle_samples in sizes.problems:
         problem = gn.make_problem(with_options(spec, oracle_samples=oracle_samples))
         groups = problem.groups
         for k in ks:
-            moments = {}
             for name in ESTIMATORS:
-                cell, estimates, _ = cell_rows(problem, gn.get_estimator(name), k, replicates, config.seed, groups)
-                rows += cell
-                for group, names in groups.items():
-                    moments[name, group] = Moments.of(estimates, names)
-                del estimates
+                cells.append((problem, gn.get_estimator(name), k, replicates, groups))
+                where.append((problem, k, name))
+    rows, snr, moments = [], [], {}
+    for (problem, k, name), (cell, group_moments) in zip(where, study_cells(config, cells, reduce=group_moments_of)):
+        rows += cell
+        moments.update({(name, group): m for group, m in group_moments.items()})
+        if name == ESTIMATORS[-1]:                  # every estimator of (problem, K) is in
             snr += snr_rows(problem, k, moments, sizes.bootstrap, rng)
+            moments = {}
     write_results(rows, out)
     snr = pd.DataFrame(snr)
     fits = pd.concat([fit_table(snr, 1), fit_table(snr, ASYMPTOTIC_K)], ignore_index=True)

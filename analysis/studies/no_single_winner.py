@@ -27,8 +27,8 @@ import estimators as gn
 from estimators.io import atomic_write_csv, fmt, fmt_ci, markdown_table
 
 from .base import (
-    Config, Outcome, cell_rows, errorbar_series, log_axes, new_figure, ratio_interval,
-    save_figure, study, write_results, write_study_md,
+    Config, Outcome, errorbar_series, log_axes, new_figure, ratio_interval,
+    save_figure, study, study_cells, write_results, write_study_md,
 )
 
 COSTS = {
@@ -141,7 +141,7 @@ def figure(table: pd.DataFrame, path: Path) -> str:
        summary="Mohamed et al. 2020: per-sample variance of score function, with baseline, and pathwise over k")
 def run(out: Path, config: Config) -> Outcome:
     sizes = QUICK if config.quick else FULL
-    rows = []
+    cells = []
     for cost in COSTS:
         for k in sizes.ks:
             problem = gn.make_problem(f"{cost}:k={k:g}")
@@ -149,7 +149,8 @@ def run(out: Path, config: Config) -> Outcome:
                 estimator = gn.get_estimator(name)
                 for n in sizes.budgets:
                     if n >= estimator.min_budget:
-                        rows += cell_rows(problem, estimator, n, sizes.replicates, config.seed)[0]
+                        cells.append((problem, estimator, n, sizes.replicates, None))
+    rows = [row for cell, _ in study_cells(config, cells) for row in cell]
     results = write_results(rows, out)
     table = per_sample_table(results)
     ranking = ranking_table(table)

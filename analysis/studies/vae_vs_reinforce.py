@@ -21,8 +21,8 @@ import estimators as gn
 from estimators.io import atomic_write_csv, fmt, fmt_ci, markdown_table
 
 from .base import (
-    Config, Outcome, cell_rows, errorbar_series, log_axes, new_figure, ratio_interval,
-    save_figure, study, with_options, write_results, write_study_md,
+    Config, Outcome, errorbar_series, log_axes, new_figure, ratio_interval,
+    save_figure, study, study_cells, with_options, write_results, write_study_md,
 )
 
 SCORE_FUNCTION = ("reinforce", "reinforce-loo", "reinforce-optimal")
@@ -89,14 +89,15 @@ def figure(results: pd.DataFrame, ratios: pd.DataFrame, checkpoints, path: Path)
        summary="Burda et al. 2016: encoder-gradient variance of reinforce(-loo, -optimal) vs reparam on digits-vae")
 def run(out: Path, config: Config) -> Outcome:
     sizes = QUICK if config.quick else FULL
-    rows = []
+    cells = []
     for ckpt in sizes.checkpoints:
         problem = gn.make_problem(with_options(sizes.problem, checkpoint=ckpt, oracle_samples=sizes.oracle_samples))
         groups = problem.groups
         for name in SCORE_FUNCTION + (PATHWISE,):
             estimator = gn.get_estimator(name)
             for n in sizes.budgets:
-                rows += cell_rows(problem, estimator, n, sizes.replicates, config.seed, groups)[0]
+                cells.append((problem, estimator, n, sizes.replicates, groups))
+    rows = [row for cell, _ in study_cells(config, cells) for row in cell]
     results = write_results(rows, out)
     ratios = ratio_table(results)
     atomic_write_csv(ratios, out / "ratios.csv")

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from ..base import Params
-from ..io import atomic_torch_save, cache_dir
+from ..io import cache_dir, compute_once
 from ..provenance import source_hash
 from . import digits_model
 from .digits_model import TRAIN_IMAGES, DigitsModel, binarised_digits, init_params
@@ -87,14 +87,14 @@ def checkpoint_path(kind: str, latent: int, hidden: int, steps: int, seed: int) 
 def load_or_train(kind: str, latent: int, hidden: int, steps: int, seed: int) -> dict[str, dict[str, Tensor]]:
     """The cached checkpoints for these settings, training (and caching) them first if needed.
 
-    The file is written atomically (temporary file, then rename), so concurrent runs are safe.
-    The training wall time is stored with the checkpoints under ``"seconds"``.
+    Trained once among all processes sharing the cache (:func:`estimators.io.compute_once`: the
+    others wait on a lock, then load the file, written atomically). The training wall time is
+    stored with the checkpoints under ``"seconds"``.
     """
-    path = checkpoint_path(kind, latent, hidden, steps, seed)
-    if path.exists():
-        return torch.load(path, weights_only=True)
-    start = time.perf_counter()
-    saved: dict = train(kind, latent, hidden, steps, seed)
-    saved["seconds"] = torch.tensor(time.perf_counter() - start)
-    atomic_torch_save(saved, path)
-    return saved
+    def trained() -> dict:
+        start = time.perf_counter()
+        saved: dict = train(kind, latent, hidden, steps, seed)
+        saved["seconds"] = torch.tensor(time.perf_counter() - start)
+        return saved
+
+    return compute_once(checkpoint_path(kind, latent, hidden, steps, seed), trained)

@@ -17,8 +17,8 @@ import torch
 from torch import Tensor
 
 from ..base import Params, Problem, Truth
-from ..engine import replicate_estimates
-from ..io import atomic_torch_save, cache_dir
+from ..engine import replicate_estimates, torch_threads
+from ..io import cache_dir, compute_once
 from ..provenance import code_version
 from ..registry import get_estimator
 
@@ -52,40 +52,48 @@ def oracle_truth(problem: Problem, estimator_name: str, n: int, samples: int = O
     by :func:`~estimators.registry.make_problem` are deterministic functions of their spec, so
     their oracles are cached on disk (``$GRADNOISE_CACHE/oracles``, default
     ``~/.cache/gradnoise/oracles``), keyed by spec, estimator, n, samples, parameter values and
-    :func:`~estimators.provenance.code_version` (a change of the code computes them anew).
+    :func:`~estimators.provenance.code_version` (a change of the code computes them anew), and
+    computed once among processes sharing the cache (:func:`estimators.io.compute_once`). An
+    oracle is computed at one intra-op thread, so that it does not depend on the thread count
+    of the process that happened to compute it.
     """
     replicates = max(256, samples // n)
-    path = None
-    if getattr(problem, "cacheable_truth", False):
-        key = hashlib.blake2b(digest_size=16)
-        key.update(f"{problem.spec}|{estimator_name}|{n}|{replicates}|{code_version()}".encode())
-        for name, value in sorted(problem.params.items()):
-            key.update(name.encode() + value.detach().cpu().contiguous().numpy().tobytes())
-        path = cache_dir("oracles") / f"{key.hexdigest()}.pt"
-        if path.exists():
-            saved = torch.load(path, weights_only=True)
-            device = next(iter(problem.params.values())).device
-            return Truth({k: v.to(device) for k, v in saved["values"].items()}, "oracle",
-                         {k: v.to(device) for k, v in saved["se"].items()})
+    if not getattr(problem, "cacheable_truth", False):
+        return _oracle(problem, estimator_name, n, replicates)
+    key = hashlib.blake2b(digest_size=16)
+    key.update(f"{problem.spec}|{estimator_name}|{n}|{replicates}|{code_version()}".encode())
+    for name, value in sorted(problem.params.items()):
+        key.update(name.encode() + value.detach().cpu().contiguous().numpy().tobytes())
+
+    def compute() -> dict:
+        truth = _oracle(problem, estimator_name, n, replicates)
+        return {"values": {k: v.cpu() for k, v in truth.values.items()},
+                "se": {k: v.cpu() for k, v in truth.se.items()}}
+
+    saved = compute_once(cache_dir("oracles") / f"{key.hexdigest()}.pt", compute)
+    device = next(iter(problem.params.values())).device
+    return Truth({k: v.to(device) for k, v in saved["values"].items()}, "oracle",
+                 {k: v.to(device) for k, v in saved["se"].items()})
+
+
+def _oracle(problem: Problem, estimator_name: str, n: int, replicates: int) -> Truth:
+    """Mean and standard error of ``replicates`` estimates, in blocks, at one intra-op thread."""
     estimator = get_estimator(estimator_name)
     block = max(2, min(replicates, ORACLE_BLOCK_ELEMENTS // max(1, problem.param_numel())))
     total: dict[str, Tensor] = {}
     squares: dict[str, Tensor] = {}
     done = 0
-    for index, first in enumerate(range(0, replicates, block)):
-        size = max(2, min(block, replicates - first))
-        est, _ = replicate_estimates(problem, estimator, n, size, seed=-1 - index)
-        for k, g in est.items():
-            g = g.double()
-            total[k] = total.get(k, 0) + g.sum(0)
-            squares[k] = squares.get(k, 0) + g.square().sum(0)
-        done += size
+    with torch_threads(1):
+        for index, first in enumerate(range(0, replicates, block)):
+            size = max(2, min(block, replicates - first))
+            est, _ = replicate_estimates(problem, estimator, n, size, seed=-1 - index)
+            for k, g in est.items():
+                g = g.double()
+                total[k] = total.get(k, 0) + g.sum(0)
+                squares[k] = squares.get(k, 0) + g.square().sum(0)
+            done += size
     mean = {k: total[k] / done for k in total}
     var = {k: ((squares[k] - done * mean[k] ** 2) / (done - 1)).clamp_min(0) for k in total}
     dtype = next(iter(problem.params.values())).dtype
-    truth = Truth({k: v.to(dtype) for k, v in mean.items()}, "oracle",
-                  {k: (var[k] / done).sqrt().to(dtype) for k in var})
-    if path is not None:
-        atomic_torch_save({"values": {k: v.cpu() for k, v in truth.values.items()},
-                           "se": {k: v.cpu() for k, v in truth.se.items()}}, path)
-    return truth
+    return Truth({k: v.to(dtype) for k, v in mean.items()}, "oracle",
+                 {k: (var[k] / done).sqrt().to(dtype) for k in var})

@@ -1,0 +1,51 @@
+"""Command-line options shared by the commands that run grids: ``--workers``, ``--scheduler``,
+``--threads`` (``gradnoise sweep``, ``gradnoise report``, ``gradnoise study``).
+
+Without ``--workers``/``--scheduler`` the cells run in this process, one after the other, and
+Dask is not imported. See docs/scaling.md for clusters of several machines.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+
+from estimators.cluster import open_client
+
+#: seconds to wait for a scheduler given with --scheduler before giving up with one error
+CONNECT_TIMEOUT = 5.0
+
+
+def add_cluster_arguments(p: argparse.ArgumentParser) -> None:
+    """Add ``--workers N``, ``--scheduler ADDRESS`` and ``--threads T`` to ``p``."""
+    g = p.add_argument_group("parallel runs (docs/scaling.md)")
+    g.add_argument("--workers", type=int, metavar="N",
+                   help="run the cells on a local Dask cluster of N single-threaded worker processes "
+                   "(same numbers, bitwise; use about one per core)")
+    g.add_argument("--scheduler", metavar="ADDRESS",
+                   help="run the cells on a running Dask cluster, e.g. tcp://HOST:8786 (started with "
+                   "`dask scheduler` and `dask worker tcp://HOST:8786 --nthreads 1` on each machine)")
+    g.add_argument("--threads", type=int, default=1, metavar="T",
+                   help="torch intra-op threads per cell (default: %(default)s, which holds on a busy "
+                   "machine; recorded in the column 'threads')")
+
+
+def check_cluster_arguments(args: argparse.Namespace) -> None:
+    """Before any work: ``--threads`` >= 1, ``--workers`` >= 1, not both ``--workers`` and
+    ``--scheduler`` (one ``ValueError`` each)."""
+    if args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    if args.workers is not None and args.scheduler is not None:
+        raise ValueError("give either --workers N (start a local cluster) or --scheduler ADDRESS "
+                         "(use a running one), not both")
+    if args.workers is not None and args.workers < 1:
+        raise ValueError(f"--workers must be >= 1 (worker processes to start), got {args.workers}; "
+                         f"leave it out to run in this process")
+
+
+@contextlib.contextmanager
+def client_from_args(args: argparse.Namespace):
+    """The ``distributed.Client`` the options ask for (``None``: sequential), closed afterwards;
+    bad combinations and an unreachable scheduler are one ``ValueError`` each."""
+    check_cluster_arguments(args)
+    with open_client(args.workers, args.scheduler, timeout=CONNECT_TIMEOUT) as client:
+        yield client

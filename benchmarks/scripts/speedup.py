@@ -1,0 +1,150 @@
+"""Engine vs. a plain loop vs. JAX: the speed of R estimates, measured side by side in one run.
+
+    python benchmarks/scripts/speedup.py [--replicates 1000] [--budget 100] [--repeats 5]
+
+Not an asv benchmark (this folder has no ``__init__.py``, so asv does not collect it). For each
+problem and estimator it times, best of ``--repeats``:
+
+* ``loop``: what a user would write, R separate estimates, each a surrogate loss and ``backward()``;
+* ``engine 1t`` / ``engine Tt``: the engine's estimation pass
+  (:func:`estimators.replicate_estimates`, the R estimates of one cell) at 1 torch intra-op thread
+  (the default) and at torch's default thread count on this machine (``T``, the number of cores
+  unless ``OMP_NUM_THREADS`` says otherwise);
+* ``jax``: on the Gaussian problems, the same estimators written in JAX, ``jit(vmap(grad))`` over
+  R keys (compile time excluded, ``block_until_ready``), where JAX is installed
+  (``pip install jax jaxlib``, CPU; JAX uses all cores through XLA's own thread pool).
+
+It prints microseconds per estimate, the ratio loop / engine at 1 thread, and engine / JAX,
+then the machine's load average (the machine may be shared) and the peak resident memory of an
+engine cell at R=10^4, N=10^3 (measured in a fresh subprocess).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import subprocess
+import sys
+import time
+
+import torch
+
+import estimators as gn
+from estimators.engine import torch_threads
+
+PROBLEMS = ["gaussian-quadratic", "gaussian-exp", "gaussian-cos", "gaussian-quadratic-nd", "linear-gaussian-vae"]
+ESTIMATORS = ["reinforce", "reparam", "iwae"]
+K, D = 2.0, 10        # the registered defaults of the Gaussian problems (k, and d of -nd)
+
+
+def naive_loop(problem, estimator: str, n: int, replicates: int) -> None:
+    """R separate estimates, as a user would write them: surrogate loss, backward(), read .grad."""
+    for _ in range(replicates):
+        params = {k: v.detach().clone().requires_grad_(True) for k, v in problem.params.items()}
+        dist = problem.distribution(params)
+        if estimator == "reinforce":
+            x = dist.sample((n,))
+            f = problem.cost(x, params)
+            loss = (f.detach() * dist.log_prob(x) + f).mean()
+        elif estimator == "reparam":
+            loss = problem.cost(dist.rsample((n,)), params).mean()
+        else:  # iwae
+            log_w = problem.cost(dist.rsample((n,)), params)
+            loss = torch.logsumexp(log_w, 0) - math.log(n)
+        loss.backward()
+        _ = [p.grad.clone() for p in params.values()]
+
+
+def best_of(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def jax_estimators(spec: str, n: int, replicates: int):
+    """``{estimator: thunk}`` running ``jit(vmap(grad))`` of the surrogate over ``replicates``
+    keys, compiled (and run once) here; None where JAX is absent or the problem is not Gaussian."""
+    try:
+        import jax
+        import jax.numpy as jnp
+    except ImportError:
+        return None
+    costs = {"gaussian-quadratic": lambda x: (x - K) ** 2, "gaussian-exp": lambda x: jnp.exp(-K * x**2),
+             "gaussian-cos": lambda x: jnp.cos(K * x), "gaussian-quadratic-nd": lambda x: ((x - K) ** 2).sum(-1)}
+    if spec not in costs:
+        return None
+    cost, shape = costs[spec], ((D,) if spec.endswith("-nd") else ())
+    params = {"loc": jnp.ones(shape, jnp.float32), "scale": jnp.ones(shape, jnp.float32)}
+
+    def log_normal(x, p):
+        return (-((x - p["loc"]) ** 2) / (2 * p["scale"] ** 2) - jnp.log(p["scale"])
+                - 0.5 * math.log(2 * math.pi)).reshape(n, -1).sum(-1)
+
+    def reinforce(p, key):
+        x = jax.lax.stop_gradient(p["loc"] + p["scale"] * jax.random.normal(key, (n, *shape)))
+        f = cost(x)
+        return jnp.mean(jax.lax.stop_gradient(f) * log_normal(x, p) + f)
+
+    def reparam(p, key):
+        return jnp.mean(cost(p["loc"] + p["scale"] * jax.random.normal(key, (n, *shape))))
+
+    keys = jax.random.split(jax.random.PRNGKey(0), replicates)
+    out = {}
+    for name, surrogate in (("reinforce", reinforce), ("reparam", reparam)):
+        fn = jax.jit(jax.vmap(jax.grad(surrogate), in_axes=(None, 0)))
+        jax.block_until_ready(fn(params, keys))                      # compile outside the timing
+        out[name] = lambda fn=fn: jax.block_until_ready(fn(params, keys))
+    return out
+
+
+PEAK_MEMORY_SNIPPET = """
+import resource, estimators as gn
+gn.measure_cell(gn.make_problem('gaussian-quadratic'), gn.get_estimator('{est}'), 1000, 10000, 0)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+"""
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--replicates", type=int, default=1000)
+    ap.add_argument("--budget", type=int, default=100)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--no-loop", action="store_true", help="skip the plain loop (slow)")
+    args = ap.parse_args()
+    r, n = args.replicates, args.budget
+    many = torch.get_num_threads()
+    us = 1e6 / r
+    print(f"R={r}, N={n}, torch {torch.__version__}; engine at 1 and at torch's default {many} threads; "
+          f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at start")
+    print(f"{'problem':<24}{'estimator':<11}{'loop':>9}{'engine 1t':>11}{f'engine {many}t':>11}{'jax':>8}"
+          f"{'loop/eng':>10}{'eng/jax':>9}   (us per estimate)")
+    for spec in PROBLEMS:
+        problem = gn.make_problem(spec)
+        jax_fns = jax_estimators(spec, n, r)
+        for name in ESTIMATORS:
+            est = gn.get_estimator(name)
+            try:
+                est.check(problem, n)
+            except gn.EstimatorNotApplicable:
+                continue
+            problem.true_gradient(est.objective(n))       # oracle truths are cached, not timed
+            with torch_threads(1):
+                loop = math.nan if args.no_loop else best_of(lambda: naive_loop(problem, name, n, r), args.repeats)
+                one = best_of(lambda: gn.replicate_estimates(problem, est, n, r, 0), args.repeats)
+            with torch_threads(many):
+                multi = best_of(lambda: gn.replicate_estimates(problem, est, n, r, 0), args.repeats)
+            jax_s = best_of(jax_fns[name], args.repeats) if jax_fns and name in jax_fns else math.nan
+            print(f"{problem.name:<24}{name:<11}{loop * us:>9.1f}{one * us:>11.2f}{multi * us:>11.2f}"
+                  f"{jax_s * us:>8.2f}{loop / one:>9.0f}x{one / jax_s:>8.2f}x")
+    print(f"load average {os.getloadavg()[0]:.1f} at the end")
+    for name in ["reinforce", "reparam"]:
+        out = subprocess.run([sys.executable, "-c", PEAK_MEMORY_SNIPPET.format(est=name)],
+                             capture_output=True, text=True, check=True)
+        print(f"peak RSS, {name}, gaussian-quadratic, R=10^4, N=10^3: {float(out.stdout):.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,285 @@
+r"""Cells on a Dask cluster: the engine's rows, computed by Dask workers, in any completion order.
+
+Every cell (problem, estimator, N) of a grid is independent and seeded by its own
+:func:`~estimators.engine.cell_seed`, so it can run in any process, on any machine, in any order,
+and give the same numbers. :func:`map_cells` submits one Dask task per cell to a
+``distributed.Client`` and yields ``(index in the grid, rows)`` as cells complete; callers put
+the rows back in grid order (:func:`estimators.engine.measure`,
+:func:`analysis.sweep.sweep_to_csv`).
+
+What travels, and what runs where:
+
+* each distinct problem and estimator object is serialised once on the client with
+  ``cloudpickle`` (so bring-your-own problems with lambdas or local functions travel by value)
+  and becomes one small Dask task that rebuilds it on a worker; cells depend on that task, so a
+  worker keeps one copy per problem (with its in-memory truths) however many cells it runs, and
+  a lost copy is rebuilt by Dask from the task's bytes. An object ``cloudpickle`` cannot
+  serialise, or a worker cannot rebuild (a module missing there), is one error naming it;
+* a cell runs :func:`run_cell` on a worker (which first undoes the malloc setting Dask's nanny
+  gives its workers, seven times slower for large tensors: :func:`undo_malloc_trim`): ``measure_cell`` at ``threads`` torch intra-op
+  threads (default 1), one cell at a time per worker process (a process-wide lock: torch's random
+  generator and thread count are global to the process, so two cells in threads of one process
+  would share them); the rows (a few hundred bytes per parameter) come back to the client;
+* oracle truths and trained digits checkpoints are read from, or computed once into, the cache
+  folder ``$GRADNOISE_CACHE`` of the worker's machine (:func:`estimators.io.compute_once`).
+
+A worker that dies mid-cell (killed, out of memory) loses only that attempt: the scheduler
+reruns the cell on another worker, up to ``distributed.scheduler.allowed-failures`` times
+(Dask's default 3), and the result is the same because the cell's seed is. A cell raising an
+error (a NaN cost) is not retried: it fails the same way everywhere.
+
+Dask is imported only here, and only when a client is used: ``import estimators`` and runs
+without a client pay nothing for it.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+import os
+import sys
+import threading
+import warnings
+from typing import Iterator, Sequence
+
+from .base import GradientEstimator, Problem
+from .engine import MAX_ELEMENTS, check_threads, measure_cell, torch_threads
+
+#: one cell at a time per process (see the module docstring)
+_CELL_LOCK = threading.Lock()
+
+
+#: glibc ``mallopt`` parameters (malloc.h) and the values :func:`undo_malloc_trim` sets
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+TRIM_THRESHOLD, MMAP_THRESHOLD = 64 * 2**20, 32 * 2**20
+
+
+@functools.lru_cache(maxsize=1)
+def undo_malloc_trim() -> bool:
+    """Undo, once per process, the ``MALLOC_TRIM_THRESHOLD_=65536`` that Dask's nanny sets for
+    its workers; True when it did.
+
+    Setting that variable also freezes glibc's mmap threshold at 128 KiB, so every tensor above
+    it is a fresh ``mmap`` and page faults on first touch: measured here, a grid of
+    gaussian-quadratic-nd and linear-gaussian-vae cells took 6.45 s instead of 0.90 s in one
+    process (7x, mostly system time). With the thresholds raised to 32 MiB (mmap) and 64 MiB
+    (trim) it took 0.84 s. Processes without the variable (any run without Dask) are left alone.
+    """
+    if not os.environ.get("MALLOC_TRIM_THRESHOLD_") or not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) and libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    except (OSError, AttributeError):     # not glibc (musl): nothing to undo
+        return False
+
+
+@contextlib.contextmanager
+def cell_context(threads: int | None = 1):
+    """What every cell task holds on a worker: the process's cell lock, ``threads`` intra-op
+    threads, and glibc's malloc thresholds restored (:func:`undo_malloc_trim`)."""
+    undo_malloc_trim()
+    with _CELL_LOCK, torch_threads(threads):
+        yield
+
+
+def run_cell(problem: Problem, estimator: GradientEstimator, budget: int, replicates: int, seed: int,
+             threads: int | None = 1, max_elements: int = MAX_ELEMENTS) -> list[dict]:
+    """One cell's rows (:func:`~estimators.engine.measure_cell`), computed in this process at
+    ``threads`` intra-op threads; the task a Dask worker runs."""
+    with cell_context(threads):
+        return measure_cell(problem, estimator, budget, replicates, seed, max_elements=max_elements)
+
+
+def serialise(obj, what: str) -> bytes:
+    """``cloudpickle`` bytes of ``obj``, or one ``ValueError`` saying that ``what`` cannot be sent."""
+    import cloudpickle
+
+    try:
+        return cloudpickle.dumps(obj)
+    except Exception as err:  # pickling raises TypeError, PicklingError, AttributeError, ...
+        raise ValueError(
+            f"{what} cannot be sent to the Dask workers: cloudpickle cannot serialise it "
+            f"({type(err).__name__}: {err}); keep its functions and attributes picklable (no open "
+            f"files, locks or generators), or measure it without a client (--workers/--scheduler)"
+        ) from None
+
+
+def rebuild(blob: bytes, what: str):
+    """On a worker: the object serialised by :func:`serialise`, or one error naming it."""
+    import cloudpickle
+
+    try:
+        return cloudpickle.loads(blob)
+    except Exception as err:
+        raise RuntimeError(
+            f"{what} could not be rebuilt on a Dask worker ({type(err).__name__}: {err}); the worker "
+            f"needs the same packages (and versions) as the client"
+        ) from None
+
+
+#: sample-sized elements (N x R x (event + parameter numel)) below which consecutive cells of
+#: one problem and estimator share a Dask task, so that a task's overhead (measured: a few
+#: worker-ms) is small next to its work; about 30 ms of computing at one thread
+BATCH_ELEMENTS = 2**21
+
+
+def run_cells(problem: Problem, estimator: GradientEstimator, budgets: Sequence[tuple[int, int]], replicates: int,
+              seed: int, threads: int | None = 1, max_elements: int = MAX_ELEMENTS) -> list[tuple[int, list[dict]]]:
+    """``(index, rows)`` of the cells ``(index, N)`` of one problem and estimator, one after the
+    other (:func:`run_cell`); the task a Dask worker runs for a batch of small cells."""
+    return [(i, run_cell(problem, estimator, n, replicates, seed, threads, max_elements)) for i, n in budgets]
+
+
+def batches(grid: Sequence[tuple[Problem, GradientEstimator, int]], replicates: int, workers: int) -> list[tuple]:
+    """``grid`` cut into ``(problem, estimator, [(index, N), ...])``: consecutive cells of one
+    problem and estimator, closed once they hold :data:`BATCH_ELEMENTS` of work or a quarter of
+    the grid's share per worker (so that every worker still gets several tasks)."""
+    cap = max(1, math.ceil(len(grid) / (4 * max(1, workers))))
+    out: list[tuple] = []
+    work = 0
+    for i, (problem, estimator, n) in enumerate(grid):
+        last = out[-1] if out else None
+        if (last is None or last[0] is not problem or last[1] is not estimator or work >= BATCH_ELEMENTS
+                or len(last[2]) >= cap):
+            last = (problem, estimator, [])
+            out.append(last)
+            work = 0
+        last[2].append((i, n))
+        work += n * replicates * (problem.event_numel() + problem.param_numel())
+    return out
+
+
+def map_cells(
+    client, grid: Sequence[tuple[Problem, GradientEstimator, int]], replicates: int, seed: int = 0,
+    *, threads: int | None = 1, max_elements: int = MAX_ELEMENTS,
+) -> Iterator[tuple[int, list[dict]]]:
+    """``(index, rows)`` of each cell of ``grid`` as it completes on ``client``'s workers.
+
+    The rows are those :func:`~estimators.engine.measure_cell` gives sequentially at the same
+    ``threads`` (bitwise, every column but ``seconds_per_estimate``). Small cells travel in
+    batches (:func:`batches`). Closing the generator (an interrupt, an error in a cell) cancels
+    the cells not yet finished.
+    """
+    check_threads(threads)
+    calls = [(p, e, cells, replicates, seed, threads, max_elements)
+             for p, e, cells in batches(grid, replicates, len(client.nthreads()))]
+    finished = map_calls(client, run_cells, calls)
+    try:
+        for _, done in finished:
+            yield from done
+    finally:
+        finished.close()
+
+
+def map_calls(client, function, calls: Sequence[tuple]) -> Iterator[tuple[int, object]]:
+    """``(index, function(*calls[index]))`` as each call completes on ``client``'s workers.
+
+    ``function`` must be importable on the workers (a module-level function of an installed
+    package). Arguments that are :class:`Problem` or :class:`GradientEstimator` objects are
+    serialised once each (:func:`serialise`) and rebuilt once per worker that needs them; the
+    others travel with each call. Closing the generator cancels the calls not yet finished.
+    """
+    from distributed import as_completed
+
+    check_workers(client)
+    sent: dict[int, object] = {}
+
+    def send(arg):
+        if isinstance(arg, (Problem, GradientEstimator)):
+            if id(arg) not in sent:
+                what = f"problem {arg.spec!r}" if isinstance(arg, Problem) else f"estimator {arg.name!r}"
+                sent[id(arg)] = client.submit(rebuild, serialise(arg, what), what, pure=False)
+            return sent[id(arg)]
+        return arg
+
+    futures = [client.submit(function, *map(send, call), pure=False) for call in calls]
+    index = {future.key: i for i, future in enumerate(futures)}
+    return _as_they_complete(client, futures, index, list(sent.values()), as_completed)
+
+
+def check_workers(client) -> None:
+    """One ``ValueError`` when a connected worker runs other gradnoise code than this process
+    (another :func:`~estimators.provenance.code_version`): its rows would carry numbers of other
+    code. Workers that join later are not checked here; each row records its code version."""
+    from .provenance import code_version
+
+    try:
+        versions = client.run(code_version)
+    except Exception as err:   # a worker without gradnoise fails to unpickle the function
+        raise ValueError(f"cannot ask the Dask workers for their gradnoise version ({type(err).__name__}: "
+                         f"{err}); install the same gradnoise on every worker") from None
+    other = {worker: v for worker, v in versions.items() if v != code_version()}
+    if other:
+        raise ValueError(
+            f"{len(other)} of {len(versions)} Dask workers run other gradnoise code than this process "
+            f"({code_version()}): " + ", ".join(f"{w} has {v}" for w, v in sorted(other.items()))
+            + "; install the same version (and torch) on every machine"
+        )
+
+
+def _as_they_complete(client, futures, index, sent, as_completed):
+    try:
+        for future, result in as_completed(futures, with_results=True):     # results fetched in batches
+            yield index[future.key], result
+    finally:
+        pending = [f for f in futures if not f.done()]
+        if pending:
+            client.cancel(pending)
+        client.cancel(sent)
+
+
+@contextlib.contextmanager
+def open_client(workers: int | None = None, scheduler: str | None = None, *, timeout: float = 5.0):
+    """A ``distributed.Client`` for the block: on a new local cluster of ``workers`` processes, or
+    connected to the running scheduler at ``scheduler`` (``tcp://HOST:PORT``); ``None`` when
+    neither is given (run sequentially, Dask not imported).
+
+    The local cluster (``LocalCluster``) has ``workers`` single-threaded worker processes, no
+    dashboard and random ports, and is stopped at the end of the block; its processes start with
+    ``OMP_NUM_THREADS=1`` (Dask's nanny default) and each cell sets its torch thread count itself
+    (:func:`run_cell`). Errors, each one ``ValueError``: ``workers`` < 1, both given, and a
+    scheduler that does not answer within ``timeout`` seconds.
+    """
+    if workers is not None and scheduler is not None:
+        raise ValueError("give either --workers N (start a local cluster) or --scheduler ADDRESS "
+                         "(use a running one), not both")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise ValueError(f"--workers must be an integer >= 1 (worker processes to start), got {workers!r}; "
+                         f"leave it out to run in this process")
+    if workers is None and scheduler is None:
+        yield None
+        return
+    import logging
+
+    import dask
+    from distributed import Client, LocalCluster
+
+    if workers is not None:
+        with warnings.catch_warnings():
+            # without a dashboard the scheduler still serves metrics, on another port when 8787 is taken
+            warnings.filterwarnings("ignore", message="Port .* is already in use", category=UserWarning)
+            # and no MALLOC_TRIM_THRESHOLD_ for the workers: it makes large tensors slow (undo_malloc_trim)
+            with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
+                cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                       dashboard_address=None, silence_logs=logging.ERROR)
+        with cluster, Client(cluster) as client:
+            yield client
+        return
+    if not isinstance(scheduler, str) or not scheduler:
+        raise ValueError(f"--scheduler must be an address such as tcp://HOST:8786, got {scheduler!r}")
+    try:
+        client = Client(scheduler, timeout=timeout)
+    except (OSError, TimeoutError, ValueError) as err:
+        raise ValueError(
+            f"cannot reach a Dask scheduler at {scheduler!r} within {timeout:g} s ({type(err).__name__}: {err}); "
+            f"start one with `dask scheduler` (it prints its address) and workers with "
+            f"`dask worker {scheduler} --nthreads 1`"
+        ) from None
+    try:
+        yield client
+    finally:
+        client.close()

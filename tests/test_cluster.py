@@ -1,0 +1,256 @@
+"""Grids on a real Dask LocalCluster (2 worker processes): the same numbers, bitwise, as the
+sequential engine; resume after an interruption; a killed worker's cell retried; caches written
+once under a race; clear errors for what cannot be sent or reached."""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pandas as pd
+import pytest
+import torch
+from torch.distributions import Gamma, Normal
+
+import estimators as gn
+from analysis import sweep
+from analysis.cli import main
+from estimators import cluster, io
+from estimators.problems import oracle_truth
+
+import cloudpickle  # noqa: E402  (dask[distributed] is a dependency: no skip)
+import distributed  # noqa: E402
+
+# the workers cannot import this test module: send its functions by value, as a user's script's
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+STAT_COLUMNS = [c for c in gn.COLUMNS if c != "seconds_per_estimate"]
+ESTIMATORS = ["reinforce", "reinforce-loo", "reparam"]
+BUDGETS = [2, 8, 32]
+R = 64
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("worker-cache")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                                  env={"GRADNOISE_CACHE": str(cache)}) as lc, distributed.Client(lc) as c:
+        c.wait_for_workers(2)
+        yield c
+
+
+def gamma_problem() -> gn.ExpectationProblem:
+    """Bring-your-own: a lambda cost and an oracle truth (no closed form), sent by cloudpickle."""
+    return gn.ExpectationProblem(Gamma, {"concentration": torch.tensor(2.0), "rate": torch.tensor(1.5)},
+                                 cost=lambda x: torch.log1p(x), name="gamma-log1p", oracle_samples=2**14)
+
+
+def killing_problem(marker: str) -> gn.ExpectationProblem:
+    """(x - 1)^2 under N(loc, scale); on a Dask worker, the first evaluation ever (no ``marker``
+    file yet) creates the marker and SIGKILLs its own process, mid-cell."""
+    def cost(x):
+        try:
+            distributed.get_worker()
+        except ValueError:
+            return (x - 1) ** 2          # not on a worker: the sequential reference
+        if not os.path.exists(marker):
+            open(marker, "w").close()
+            os.kill(os.getpid(), signal.SIGKILL)
+        return (x - 1) ** 2
+
+    return gn.ExpectationProblem(Normal, {"loc": torch.tensor(0.5), "scale": torch.tensor(2.0)}, cost=cost,
+                                 name="normal-killer",
+                                 expected_cost=lambda p: (p["loc"] - 1) ** 2 + p["scale"] ** 2)
+
+
+def test_measure_on_the_cluster_is_bitwise_the_sequential_run(client):
+    problems = ["gaussian-cos:k=5", "bernoulli-toy", gamma_problem()]
+    kw = dict(replicates=R, seed=7, on_invalid="skip")
+    sequential = gn.measure(problems, ESTIMATORS, BUDGETS, **kw)
+    on_cluster = gn.measure(problems, ESTIMATORS, BUDGETS, client=client, **kw)
+    assert len(sequential) == 2 * 3 * 3 + 1 * 2 * 3 + 2 * 3 * 3    # reparam skipped on bernoulli-toy (1 param)
+    pd.testing.assert_frame_equal(sequential[STAT_COLUMNS], on_cluster[STAT_COLUMNS], check_exact=True)
+    assert (on_cluster["threads"] == 1).all()
+    # both workers took part (cells are spread, not all run where the problem was rebuilt)
+    assert len(client.nthreads()) == 2
+
+
+def test_negative_control_another_seed_differs(client):
+    a = gn.measure("gaussian-cos:k=5", "reinforce", [8], replicates=R, seed=7, client=client)
+    b = gn.measure("gaussian-cos:k=5", "reinforce", [8], replicates=R, seed=8, client=client)
+    assert not (a["mean"].to_numpy() == b["mean"].to_numpy()).any()
+
+
+MAP_CELLS = cluster.map_cells
+
+
+class StopAfter:
+    """Wraps cluster.map_cells: counts the cells received, raises KeyboardInterrupt after ``stop``."""
+
+    def __init__(self, stop=None):
+        self.cells, self.stop, self.original = 0, stop, MAP_CELLS
+
+    def __call__(self, *args, **kw):
+        for item in self.original(*args, **kw):
+            if self.stop is not None and self.cells == self.stop:
+                raise KeyboardInterrupt
+            self.cells += 1
+            yield item
+
+
+def test_interrupted_cluster_sweep_resumes_with_the_same_numbers(client, tmp_path, monkeypatch):
+    grid = gn.engine.cells(["gaussian-quadratic", "gaussian-exp"], ESTIMATORS, BUDGETS)
+    reference = sweep.sweep_to_csv(grid, R, 3, tmp_path / "ref.csv", progress=False).results
+    out = tmp_path / "out.csv"
+    first = StopAfter(stop=5)
+    monkeypatch.setattr(cluster, "map_cells", first)
+    with pytest.raises(KeyboardInterrupt):
+        sweep.sweep_to_csv(grid, R, 3, out, progress=False, client=client)
+    assert not out.exists()
+    with open(sweep.partial_path(out)) as fh:
+        assert len(fh.readlines()) == 5                       # the finished cells, as they arrived
+    second = StopAfter()
+    monkeypatch.setattr(cluster, "map_cells", second)
+    outcome = sweep.sweep_to_csv(grid, R, 3, out, progress=False, client=client)
+    assert (second.cells, outcome.reused, outcome.computed) == (len(grid) - 5, 5, len(grid) - 5)
+    assert not os.path.exists(sweep.partial_path(out))
+    pd.testing.assert_frame_equal(reference[STAT_COLUMNS], outcome.results[STAT_COLUMNS], check_exact=True)
+    pd.testing.assert_frame_equal(reference[STAT_COLUMNS], pd.read_csv(out)[STAT_COLUMNS], check_exact=True)
+
+
+def test_a_killed_workers_cell_is_retried_with_the_same_result(client, tmp_path):
+    marker = str(tmp_path / "killed-once")
+    problem = killing_problem(marker)
+    reference = gn.measure(problem, ["reinforce", "reparam"], [4], replicates=R, seed=1)
+    result = gn.measure(problem, ["reinforce", "reparam"], [4], replicates=R, seed=1, client=client)
+    assert os.path.exists(marker)                             # a worker was killed mid-cell
+    pd.testing.assert_frame_equal(reference[STAT_COLUMNS], result[STAT_COLUMNS], check_exact=True)
+    client.wait_for_workers(2, timeout=60)                    # the nanny restarted it
+
+
+def _count_and_compute(counter: str, value: float):
+    with open(counter, "a") as fh:
+        fh.write(f"{os.getpid()}\n")
+    time.sleep(1.0)                      # long enough for the other worker to arrive meanwhile
+    return {"value": torch.tensor(value)}
+
+
+def _racer(path: str, counter: str, start: float):
+    time.sleep(max(0.0, start - time.time()))
+    return float(io.compute_once(path, lambda: _count_and_compute(counter, 3.25))["value"])
+
+
+def test_a_cache_file_is_computed_once_when_two_workers_race_for_it(client, tmp_path):
+    workers = list(client.nthreads())
+    path, counter = str(tmp_path / "shared.pt"), str(tmp_path / "computed")
+    start = time.time() + 1.0
+    futures = [client.submit(_racer, path, counter, start, workers=[w], pure=False) for w in workers]
+    assert client.gather(futures) == [3.25, 3.25]
+    with open(counter) as fh:
+        assert len(fh.readlines()) == 1
+    assert sorted(os.listdir(tmp_path)) == ["computed", "shared.pt"]   # no temporary or lock left
+
+
+def _oracle_values(cache: str, start: float):
+    os.environ["GRADNOISE_CACHE"] = cache
+    problem = gn.make_problem("gaussian-cos:k=5")
+    time.sleep(max(0.0, start - time.time()))
+    truth = oracle_truth(problem, "reparam", 10, samples=2**16)
+    return {k: v.numpy().tobytes() for k, v in truth.values.items()}
+
+
+def test_oracle_cache_written_once_and_whole_under_a_race(client, tmp_path):
+    cache = str(tmp_path / "cache")
+    start = time.time() + 1.0
+    futures = [client.submit(_oracle_values, cache, start, workers=[w], pure=False) for w in client.nthreads()]
+    a, b = client.gather(futures)
+    assert a == b
+    files = os.listdir(os.path.join(cache, "oracles"))
+    assert len([f for f in files if f.endswith(".pt")]) == 1 and not [f for f in files if f.endswith(".tmp")]
+
+
+def test_an_object_that_cannot_be_sent_is_named(client):
+    lock = threading.Lock()
+    problem = gn.ExpectationProblem(Normal, {"loc": torch.tensor(0.0), "scale": torch.tensor(1.0)},
+                                    cost=lambda x: x ** 2 if lock else x, name="holds-a-lock")
+    with pytest.raises(ValueError, match="problem 'holds-a-lock' cannot be sent to the Dask workers.*lock"):
+        gn.measure(problem, "reparam", [4], replicates=R, client=client)
+
+
+def test_sweep_command_with_workers_writes_the_sequential_numbers(tmp_path):
+    args = ["sweep", "--problem", "gaussian-quadratic", "--estimator", "reinforce", "--estimator", "reparam",
+            "--budget", "1", "--budget", "16", "--replicates", "50", "--seed", "3", "--quiet"]
+    assert main(args + ["--out", str(tmp_path / "seq.csv")]) == 0
+    assert main(args + ["--out", str(tmp_path / "par.csv"), "--workers", "2"]) == 0
+    seq, par = pd.read_csv(tmp_path / "seq.csv"), pd.read_csv(tmp_path / "par.csv")
+    pd.testing.assert_frame_equal(seq[STAT_COLUMNS], par[STAT_COLUMNS], check_exact=True)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--workers", "0"], "--workers must be >= 1"),
+    (["--workers", "2", "--scheduler", "tcp://127.0.0.1:8786"], "either --workers N .* or --scheduler"),
+    (["--threads", "0"], "--threads must be >= 1"),
+], ids=["workers-0", "workers-and-scheduler", "threads-0"])
+def test_bad_cluster_options_are_one_line(tmp_path, capsys, extra, message):
+    assert main(["sweep", "--problem", "gaussian-quadratic", "--out", str(tmp_path / "x.csv")] + extra) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and re.search(message, err[0])
+
+
+@pytest.mark.parametrize("command", [["report", "--problem", "gaussian-quadratic"], ["study", "no-single-winner", "--quick"]],
+                         ids=["report", "study"])
+def test_report_and_study_refuse_bad_cluster_options(tmp_path, capsys, command):
+    assert main(command + ["--out-dir", str(tmp_path / "o"), "--workers", "0"]) == 2
+    assert "--workers must be >= 1" in capsys.readouterr().err
+    assert main(command + ["--out-dir", str(tmp_path / "o"), "--workers", "1", "--scheduler", "tcp://x:1"]) == 2
+    assert "not both" in capsys.readouterr().err
+
+
+def test_an_unreachable_scheduler_is_one_error_within_seconds():
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match="cannot reach a Dask scheduler at 'tcp://127.0.0.1:9' within 1 s"):
+        with cluster.open_client(scheduler="tcp://127.0.0.1:9", timeout=1.0):
+            pass
+    assert time.perf_counter() - start < 5
+
+
+def test_threads_are_recorded_and_restored():
+    before = torch.get_num_threads()
+    df = gn.measure("gaussian-quadratic", "reparam", [4], replicates=8, threads=2)
+    assert (df["threads"] == 2).all() and torch.get_num_threads() == before
+    with pytest.raises(ValueError, match="threads must be an integer >= 1"):
+        gn.measure("gaussian-quadratic", "reparam", [4], replicates=8, threads=0)
+
+
+def test_no_dask_import_without_a_client():
+    code = ("import sys, estimators as gn, analysis.cli\n"
+            "gn.measure('gaussian-quadratic', 'reparam', [4], replicates=8)\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('dask', 'distributed')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_a_study_on_the_cluster_is_bitwise_the_sequential_run(client, tmp_path):
+    from analysis.studies import Config, run_study
+
+    run_study("iwae-snr", tmp_path / "seq", Config(quick=True))
+    run_study("iwae-snr", tmp_path / "par", Config(quick=True, client=client))
+    for name in ("results.csv", "snr.csv", "snr_fits.csv"):
+        seq, par = pd.read_csv(tmp_path / "seq" / name), pd.read_csv(tmp_path / "par" / name)
+        columns = [c for c in seq.columns if c != "seconds_per_estimate"]
+        pd.testing.assert_frame_equal(seq[columns], par[columns], check_exact=True)
+
+
+def test_workers_running_other_code_are_refused(client):
+    from estimators import provenance
+
+    client.run(lambda: setattr(provenance, "code_version", lambda: "0123456789ab"))
+    try:
+        with pytest.raises(ValueError, match="2 of 2 Dask workers run other gradnoise code .* 0123456789ab"):
+            gn.measure("gaussian-quadratic", "reparam", [4], replicates=8, client=client)
+    finally:
+        client.restart()                # fresh worker processes, with the real code_version
