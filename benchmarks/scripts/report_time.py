@@ -1,0 +1,50 @@
+"""Wall time of the main job, ``gradnoise report`` (default grid), cold and warm, for this
+checkout and optionally an older one measured in the same run.
+
+    python benchmarks/scripts/report_time.py                       # this checkout
+    git worktree add /tmp/before <commit>
+    python benchmarks/scripts/report_time.py --baseline /tmp/before   # before and after, same run
+
+*cold*: an empty cache (``GRADNOISE_CACHE`` a new folder: oracle truths computed) and a new
+output folder; *warm*: the cache the cold run filled, a new output folder again (every cell
+measured, every figure drawn). Each checkout runs as ``python -m analysis report`` from its own
+folder, so its own code is imported; the threads are those each version chooses by default.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_report(checkout: Path, cache: Path, out: Path) -> float:
+    env = {**os.environ, "GRADNOISE_CACHE": str(cache)}
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "analysis", "report", "--out-dir", str(out), "--quiet"],
+                   cwd=checkout, env=env, check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--baseline", type=Path, help="a checkout of an older commit, measured in the same run")
+    args = parser.parse_args()
+    checkouts = ([("before", args.baseline)] if args.baseline else []) + [("this checkout", ROOT)]
+    print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at the start")
+    print("| code | cold (empty cache) | warm (cache filled) |\n|---|---|---|")
+    for label, checkout in checkouts:
+        with tempfile.TemporaryDirectory() as tmp:
+            cache = Path(tmp) / "cache"
+            cold = run_report(checkout, cache, Path(tmp) / "cold")
+            warm = run_report(checkout, cache, Path(tmp) / "warm")
+        print(f"| {label} | {cold:.1f} s | {warm:.1f} s |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
