@@ -1,4 +1,4 @@
-"""The ``gradnoise`` command line (``python -m analysis`` works the same).
+"""The ``gradnoise`` command line (``python -m gradnoise.analysis`` works the same).
 
 Each command lives in its own module exposing ``add_parsers(subparsers)``; this file only wires
 them together and turns bad input into one clear line and a non-zero exit.
@@ -11,13 +11,13 @@ import sys
 
 # modules that contribute sub-commands, in --help order
 COMMAND_MODULES = [
-    "analysis.sweep",
-    "analysis.fit",
-    "analysis.plot",
-    "analysis.compare",
-    "analysis.history",
-    "analysis.report",
-    "analysis.studies.cli",
+    "gradnoise.analysis.sweep",
+    "gradnoise.analysis.fit",
+    "gradnoise.analysis.plot",
+    "gradnoise.analysis.compare",
+    "gradnoise.analysis.history",
+    "gradnoise.analysis.report",
+    "gradnoise.analysis.studies.cli",
 ]
 
 #: errors that are the user's input or environment, printed as one line (exit 2), not a traceback

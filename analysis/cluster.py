@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 
-from estimators.cluster import open_client
+from gradnoise.cluster import open_client
 
 #: seconds to wait for a scheduler given with --scheduler before giving up with one error
 CONNECT_TIMEOUT = 5.0

@@ -65,7 +65,7 @@ from asv import util as asv_util
 from asv_runner.statistics import quantile_ci
 from scipy import stats
 
-from estimators.io import atomic_write_text, fmt, fmt_ci, markdown_table
+from gradnoise.io import atomic_write_text, fmt, fmt_ci, markdown_table
 
 ALPHA = 0.05
 LEVEL = 0.95
@@ -86,6 +86,19 @@ class Side:
 
     label: str
     results: tuple
+
+
+def asv_machines(results_dir: str, machine: str | None = None) -> list[str]:
+    """The machines with asv results under ``results_dir`` (only ``machine`` when given, which
+    must be one of them: a one-line ``ValueError`` otherwise)."""
+    if not os.path.isdir(results_dir):
+        raise ValueError(f"no asv results folder {results_dir}")
+    machines = sorted(d for d in os.listdir(results_dir) if os.path.isfile(os.path.join(results_dir, d, "machine.json")))
+    if machine is not None:
+        if machine not in machines:
+            raise ValueError(f"no asv results for machine {machine!r} in {results_dir} (machines: {', '.join(machines) or 'none'})")
+        return [machine]
+    return machines
 
 
 def _git_commit(name: str, repo: str) -> str | None:
@@ -162,11 +175,7 @@ def load_side(spec: str, *, results_dir: str | None = None, machine: str | None 
     results_dir = results_dir or results_dir_from_config(None)
     if not os.path.isdir(results_dir):
         raise ValueError(f"unknown commit or path {spec!r}: no such file, and no asv results folder {results_dir}")
-    machines = sorted(d for d in os.listdir(results_dir) if os.path.isfile(os.path.join(results_dir, d, "machine.json")))
-    if machine is not None:
-        if machine not in machines:
-            raise ValueError(f"no asv results for machine {machine!r} in {results_dir} (machines: {', '.join(machines) or 'none'})")
-        machines = [machine]
+    machines = asv_machines(results_dir, machine)
     full = _git_commit(spec, repo)
     candidates = [c for c in (full, spec) if c]
     hits = {}
@@ -536,7 +545,7 @@ def forest_plot(df: pd.DataFrame, *, level: float = LEVEL, max_changed: int = 15
 def write_comparison(df: pd.DataFrame, out_dir: str, before: str, after: str, *, alpha: float = ALPHA,
                      level: float = LEVEL) -> dict[str, str]:
     """``comparison.csv``, ``comparison.md`` and ``comparison.png`` in ``out_dir``; returns their paths."""
-    from estimators.io import atomic_write_csv
+    from gradnoise.io import atomic_write_csv
 
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise ValueError(f"--out-dir {out_dir} is a file, not a folder")
@@ -554,7 +563,7 @@ def write_comparison(df: pd.DataFrame, out_dir: str, before: str, after: str, *,
 
 
 def run_compare(args: argparse.Namespace) -> int:
-    from estimators.io import atomic_write_csv
+    from gradnoise.io import atomic_write_csv
 
     results_dir = args.results_dir or (results_dir_from_config(args.config) if args.config else None)
     if args.out_dir is None and args.out is None:

@@ -11,7 +11,7 @@ is estimated from the same samples (leave-one-out, optimal baseline) or that are
 Method: inverse-variance weighted least squares on the log-log scale
 --------------------------------------------------------------------
 Each sweep point carries its variance :math:`\hat v_i` and a 95% interval that is symmetric on the
-log scale (delta method, kurtosis-adjusted; see :mod:`estimators.statistics`), so its standard
+log scale (delta method, kurtosis-adjusted; see :mod:`gradnoise.statistics`), so its standard
 error on the log scale is
 
 .. math::  s_i = \frac{\log \hat v_i^{\mathrm{high}} - \log \hat v_i^{\mathrm{low}}}{2 z_{0.975}}.
@@ -72,7 +72,7 @@ import numpy as np
 import pandas as pd
 from scipy import optimize, stats
 
-from estimators.statistics import log_se
+from gradnoise.statistics import log_se
 
 from .results import SWEEP_REQUIRED, read_csv, require_columns
 
@@ -191,8 +191,8 @@ def fit_curves(
 ) -> pd.DataFrame:
     """Fit Var = a·x^b and SNR = c·x^d for each problem x estimator x param of a tidy sweep.
 
-    ``results`` has the columns of :data:`estimators.engine.COLUMNS` (at least
-    :data:`analysis.results.SWEEP_REQUIRED`); ``x`` is the column used as N (``"budget"``, or
+    ``results`` has the columns of :data:`gradnoise.engine.COLUMNS` (at least
+    :data:`gradnoise.analysis.results.SWEEP_REQUIRED`); ``x`` is the column used as N (``"budget"``, or
     ``"cost_evals"`` to count cost evaluations). Returns one row per group with
     :data:`FIT_COLUMNS`; the method and its intervals are described in the module docstring.
     """
@@ -229,7 +229,7 @@ def fit_curves(
 
 
 def run_fit(args: argparse.Namespace) -> int:
-    from estimators.io import atomic_write_csv
+    from gradnoise.io import atomic_write_csv
 
     from .sweep import check_output_file
 

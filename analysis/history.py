@@ -43,10 +43,10 @@ from asv import _stats as asv_stats
 from asv import results as asv_results
 from asv import step_detect
 
-from estimators.io import atomic_write_csv, atomic_write_text
+from gradnoise.io import atomic_write_csv, atomic_write_text
 
-from .compare import (benchmark_family, cell_label, results_dir_from_config, short_name, threshold_for,
-                      thresholds_from_config)
+from .compare import (asv_machines, benchmark_family, cell_label, results_dir_from_config, short_name,
+                      threshold_for, thresholds_from_config)
 from .sweep import check_output_dir
 
 HISTORY_COLUMNS = ["commit", "date", "subject", "env", "benchmark", "cell", "status", "value", "ci_low", "ci_high"]
@@ -65,13 +65,7 @@ def _git(repo: str, *args: str) -> str | None:
 
 
 def _machines(results_dir: str, machine: str | None) -> str:
-    if not os.path.isdir(results_dir):
-        raise ValueError(f"no asv results folder {results_dir}")
-    machines = sorted(d for d in os.listdir(results_dir) if os.path.isfile(os.path.join(results_dir, d, "machine.json")))
-    if machine is not None:
-        if machine not in machines:
-            raise ValueError(f"no asv results for machine {machine!r} in {results_dir} (machines: {', '.join(machines) or 'none'})")
-        return machine
+    machines = asv_machines(results_dir, machine)
     if len(machines) != 1:
         raise ValueError(f"{results_dir} has results of {len(machines)} machines ({', '.join(machines) or 'none'}); "
                          "choose one with --machine")

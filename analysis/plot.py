@@ -5,7 +5,7 @@ them in your own figures):
 
 * :func:`plot_variance` - Var(N) on log-log axes, one line per estimator (and line style per
   param), the 95% interval of each point as a band, and the fitted power law
-  :math:`a N^b` of :func:`analysis.fit.fit_curves` as a dashed line with b in the legend.
+  :math:`a N^b` of :func:`gradnoise.analysis.fit.fit_curves` as a dashed line with b in the legend.
 * :func:`plot_snr` - SNR(N) = |mean|/std on log-log axes, with the fitted :math:`c N^d`.
 * :func:`plot_efficiency` - variance x seconds per estimate against N: the cost, in seconds, of
   reaching unit variance (variance ``v`` from one estimate taking ``t`` s; averaging m estimates
@@ -30,7 +30,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-import estimators as gn  # noqa: E402
+import gradnoise as gn  # noqa: E402
 
 from .fit import at_snr_floor, snr_floor  # noqa: E402
 from .results import FITS_REQUIRED, read_csv  # noqa: E402
@@ -115,7 +115,7 @@ def plot_variance(results: pd.DataFrame, fits: pd.DataFrame | None = None, ax=No
 def plot_snr(results: pd.DataFrame, fits: pd.DataFrame | None = None, ax=None, *, colours=None, title=None):
     r"""SNR = |mean| / std of the N-sample estimate vs N (log-log), with the fitted c·N^d.
 
-    Points at the noise floor (:func:`analysis.fit.at_snr_floor`: their true SNR is too small for
+    Points at the noise floor (:func:`gradnoise.analysis.fit.at_snr_floor`: their true SNR is too small for
     R replicates to measure) are drawn hollow, and the floor :math:`\sqrt{2/\pi}/\sqrt R` as a grey
     line: such points measure R, not the estimator, and the fit leaves them out.
     """

@@ -3,8 +3,8 @@ r"""``gradnoise report``: the main job. Sweep every problem x estimator, fit, pl
 Writes into ``--out-dir``:
 
 * ``sweep.csv`` - the tidy sweep (resumable: re-running the same command reuses finished cells);
-* ``fits.csv`` - :func:`analysis.fit.fit_curves` (Var = a N^b, SNR = c N^d, with intervals);
-* ``figures/<problem>.png|svg`` - :func:`analysis.plot.plot_all`;
+* ``fits.csv`` - :func:`gradnoise.analysis.fit.fit_curves` (Var = a N^b, SNR = c N^d, with intervals);
+* ``figures/<problem>.png|svg`` - :func:`gradnoise.analysis.plot.plot_all`;
 * ``summary.md`` - what a person reads first (:func:`summary_markdown`): per problem, the
   estimators ranked by variance at a common budget and by efficiency, the fitted slopes, and the
   figures.
@@ -28,8 +28,8 @@ import time
 import numpy as np
 import pandas as pd
 
-import estimators as gn
-from estimators.io import atomic_write_csv, atomic_write_text, fmt, fmt_ci, markdown_table
+import gradnoise as gn
+from gradnoise.io import atomic_write_csv, atomic_write_text, fmt, fmt_ci, markdown_table
 
 from . import fit as fit_mod
 from . import plot as plot_mod

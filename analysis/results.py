@@ -11,7 +11,7 @@ from typing import Iterable
 
 import pandas as pd
 
-from estimators.engine import TEXT_COLUMNS
+from gradnoise.engine import TEXT_COLUMNS
 
 #: columns every fit / plot / report needs from a sweep CSV
 SWEEP_REQUIRED = ("problem", "estimator", "param", "budget", "replicates", "variance",

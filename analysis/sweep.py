@@ -11,10 +11,10 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-import estimators as gn
-from estimators import registry
-from estimators.io import atomic_write_csv, exclusive_lock
-from estimators.provenance import code_version
+import gradnoise as gn
+from gradnoise import registry
+from gradnoise.io import atomic_write_csv, exclusive_lock
+from gradnoise.provenance import code_version
 
 from .cluster import add_cluster_arguments, check_cluster_arguments, client_from_args
 
@@ -64,7 +64,7 @@ def _writable_folder(folder: str, what: str) -> None:
 
 
 def output_lock(out: str | os.PathLike):
-    """An exclusive lock on ``out`` (:func:`estimators.io.exclusive_lock` on :func:`lock_path`)
+    """An exclusive lock on ``out`` (:func:`gradnoise.io.exclusive_lock` on :func:`lock_path`)
     while a sweep writes it: a second sweep to the same output fails at once, naming the first."""
     return exclusive_lock(lock_path(out), repr(os.fspath(out)))
 
@@ -129,14 +129,14 @@ def sweep_to_csv(
     grid, replicates: int, seed: int, out: str | os.PathLike, *, progress: bool = True, resume: bool = True,
     client=None, threads: int | None = 1,
 ) -> SweepOutcome:
-    """Measure ``grid`` (from :func:`estimators.engine.cells`) into ``out``, resumably.
+    """Measure ``grid`` (from :func:`gradnoise.engine.cells`) into ``out``, resumably.
 
     Each finished cell is appended (one JSON line, flushed and fsynced) to
     :func:`partial_path` ``(out)``; the CSV is written atomically at the end
     (:func:`atomic_write_csv`) and the sidecar removed. With ``resume=True`` a cell already in
     ``out`` or its sidecar is reused only when it has the same problem, estimator, budget,
     replicates and seed **and** was computed by the same code
-    (:func:`estimators.provenance.code_version`, recorded in each row): after a change of the
+    (:func:`gradnoise.provenance.code_version`, recorded in each row): after a change of the
     estimators' code every affected cell is computed anew, and :meth:`SweepOutcome.describe`
     says how many were reused and why. Cells are seeded independently, so resumed numbers are
     those of an uninterrupted run. The output is locked (:func:`output_lock`) while the sweep
@@ -144,7 +144,7 @@ def sweep_to_csv(
 
     Cells run at ``threads`` torch intra-op threads (default 1; ``None``: torch's setting), in
     this process, or with ``client`` (a ``distributed.Client``) on its Dask workers
-    (:func:`estimators.cluster.map_cells`): the same rows, bitwise, written to the sidecar as
+    (:func:`gradnoise.cluster.map_cells`): the same rows, bitwise, written to the sidecar as
     cells arrive in any order, the CSV in grid order.
     """
     out = check_output_file(out)
@@ -176,7 +176,7 @@ def _sweep_locked(grid, replicates, seed, out, *, progress, resume, client=None,
     if client is None:
         finished = enumerate(gn.engine.iter_measure(todo, replicates, seed))
     else:
-        from estimators.cluster import map_cells
+        from gradnoise.cluster import map_cells
 
         finished = map_cells(client, todo, replicates, seed, threads=threads)
     # the bar advances by each cell's work, N x (event + param elements), so that its ETA holds

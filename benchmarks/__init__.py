@@ -15,5 +15,5 @@ The grids are: a fixed list of fast problems (:data:`benchmarks.common.PROBLEMS`
 estimator registered in the installed package x budgets N. Combinations an estimator cannot run
 (pathwise on ``bernoulli-toy``, leave-one-out at N=1, IWAE on a plain expectation) raise
 ``NotImplementedError`` in ``setup``, which asv records as skipped. Only the installed package is
-imported (``import estimators``); see docs/benchmarks.md.
+imported (``import gradnoise``); see docs/benchmarks.md.
 """

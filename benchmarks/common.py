@@ -1,6 +1,6 @@
 """Grids, cells and seeds shared by the benchmark classes (no benchmarks live here).
 
-A *cell* is (problem, estimator, budget N), as in :mod:`estimators.engine`. :func:`cell` builds
+A *cell* is (problem, estimator, budget N), as in :mod:`gradnoise.engine`. :func:`cell` builds
 one from names and turns every reason it cannot run in the installed commit (a pathwise
 estimator on a discrete problem, N below the estimator's minimum, a model-only estimator on a
 plain expectation, a name this commit does not register) into ``NotImplementedError``, which asv
@@ -16,8 +16,8 @@ from typing import Callable
 import torch
 from scipy import stats
 
-import estimators
-from estimators.engine import cell_seed
+import gradnoise
+from gradnoise.engine import cell_seed
 
 #: Fast problems only, listed explicitly: a continuous scalar, a vector, a discrete one and a
 #: model (the only kind IWAE-type estimators run on). Slow problems (e.g. ones that train a
@@ -25,7 +25,7 @@ from estimators.engine import cell_seed
 PROBLEMS = ("gaussian-cos", "gaussian-quadratic-nd", "bernoulli-toy", "linear-gaussian-vae")
 
 #: Every estimator the installed package registers; new estimators join the grids by themselves.
-ESTIMATORS = tuple(estimators.estimator_names())
+ESTIMATORS = tuple(gradnoise.estimator_names())
 
 #: Sample budgets N of one gradient estimate.
 BUDGETS = (1, 10, 100)
@@ -63,18 +63,18 @@ torch.set_num_threads(1)
 
 
 @functools.lru_cache(maxsize=None)
-def problem(spec: str) -> estimators.Problem:
+def problem(spec: str) -> gradnoise.Problem:
     """The problem ``spec``, built once per process (so oracle truths are computed once)."""
-    if spec.partition(":")[0] not in estimators.problem_names():
+    if spec.partition(":")[0] not in gradnoise.problem_names():
         raise NotImplementedError(f"problem {spec!r} is not registered in this commit")
-    return estimators.make_problem(spec)
+    return gradnoise.make_problem(spec)
 
 
-def cell(spec: str, name: str, n: int) -> tuple[estimators.Problem, estimators.GradientEstimator]:
+def cell(spec: str, name: str, n: int) -> tuple[gradnoise.Problem, gradnoise.GradientEstimator]:
     """``(problem, estimator)`` of a cell that can run, else ``NotImplementedError`` (asv: skipped)."""
-    if name.partition(":")[0] not in estimators.estimator_names():
+    if name.partition(":")[0] not in gradnoise.estimator_names():
         raise NotImplementedError(f"estimator {name!r} is not registered in this commit")
-    prob, estimator = problem(spec), estimators.get_estimator(name)
+    prob, estimator = problem(spec), gradnoise.get_estimator(name)
     try:
         estimator.check(prob, n)
     except ValueError as err:     # EstimatorNotApplicable is a ValueError, as is N < min_budget
@@ -82,7 +82,7 @@ def cell(spec: str, name: str, n: int) -> tuple[estimators.Problem, estimators.G
     return prob, estimator
 
 
-def seed_torch(prob: estimators.Problem, estimator: estimators.GradientEstimator, n: int) -> None:
+def seed_torch(prob: gradnoise.Problem, estimator: gradnoise.GradientEstimator, n: int) -> None:
     """Seed torch's global generator from the cell (the engine's :func:`cell_seed`)."""
     torch.manual_seed(cell_seed(SEED, prob.spec, estimator.name, n))
 
@@ -105,7 +105,7 @@ def _inverse_snr(rows: list[dict]) -> float:
 @dataclass(frozen=True)
 class Track:
     """A quality statistic asv tracks per cell (:mod:`benchmarks.quality` makes one class of each):
-    how the engine's per-parameter rows (their :data:`estimators.statistics.SUMMARY_COLUMNS`,
+    how the engine's per-parameter rows (their :data:`gradnoise.statistics.SUMMARY_COLUMNS`,
     those named in ``columns``) combine into one number for the whole gradient, the asv class
     name, the unit and what it means (the class's docstring)."""
 

@@ -1,8 +1,7 @@
 """Peak memory of a variance measurement at a large R x N."""
 from __future__ import annotations
 
-import estimators
-
+import gradnoise
 from .common import ESTIMATORS, cell
 
 
@@ -25,4 +24,4 @@ class PeakmemVarianceMeasurement:
         self.problem.true_gradient(self.estimator.objective(self.n))
 
     def peakmem_variance_measurement(self, problem, estimator):
-        estimators.measure_cell(self.problem, self.estimator, self.n, self.replicates, 0)
+        gradnoise.measure_cell(self.problem, self.estimator, self.n, self.replicates, 0)

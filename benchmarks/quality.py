@@ -16,8 +16,7 @@ from __future__ import annotations
 
 import itertools
 
-import estimators
-
+import gradnoise
 from .common import BATCHES, BUDGETS, ESTIMATORS, PROBLEMS, REPLICATES, TRACKS, Track, cell, summary
 
 def batch_statistics(spec: str, name: str, n: int) -> dict:
@@ -27,7 +26,7 @@ def batch_statistics(spec: str, name: str, n: int) -> dict:
     except NotImplementedError as why:
         return {"skip": str(why)}
     try:
-        rows = [summary(estimators.measure_cell(problem, estimator, n, REPLICATES, seed=b))
+        rows = [summary(gradnoise.measure_cell(problem, estimator, n, REPLICATES, seed=b))
                 for b in range(BATCHES)]
     except Exception as err:   # reported by this cell's benchmarks, not by every cell's
         return {"error": f"{type(err).__name__}: {err}"}

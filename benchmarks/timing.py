@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import time
 
-import estimators
-
+import gradnoise
 from .common import BUDGETS, ESTIMATORS, PROBLEMS, cell, seed_torch
 
 
@@ -28,7 +27,7 @@ class TimeOneEstimate:
 
     def setup(self, problem, estimator, n):
         self.problem, self.estimator = cell(problem, estimator, n)
-        self.leaves = estimators.replicate(self.problem.params, (1,))
+        self.leaves = gradnoise.replicate(self.problem.params, (1,))
         seed_torch(self.problem, self.estimator, n)
 
     def time_one_estimate(self, problem, estimator, n):
@@ -38,7 +37,7 @@ class TimeOneEstimate:
 class TimeVarianceMeasurement:
     """Seconds for one variance measurement: R=1000 N-sample estimates and their statistics.
 
-    ``estimators.measure_cell``, the engine's unit of work (vectorised replicates, chunked, then
+    ``gradnoise.measure_cell``, the engine's unit of work (vectorised replicates, chunked, then
     summarised against the truth); the truth itself is computed in ``setup``, not timed.
     """
 
@@ -52,4 +51,4 @@ class TimeVarianceMeasurement:
         self.problem.true_gradient(self.estimator.objective(n))
 
     def time_variance_measurement(self, problem, estimator, n):
-        estimators.measure_cell(self.problem, self.estimator, n, self.replicates, 0)
+        gradnoise.measure_cell(self.problem, self.estimator, n, self.replicates, 0)

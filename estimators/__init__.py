@@ -1,11 +1,11 @@
 """gradnoise estimators: Monte Carlo gradient estimators behind one contract, on problems with
 known true gradients, and the engine that measures their bias, variance and cost.
 
->>> import estimators as gn
+>>> import gradnoise as gn
 >>> df = gn.measure("gaussian-cos:k=5", ["reinforce", "reinforce-loo", "reparam"], [1, 10, 100])
 
-See :mod:`estimators.base` for the contract, :mod:`estimators.registry` for names and options,
-:mod:`estimators.engine` for the measurement.
+See :mod:`gradnoise.base` for the contract, :mod:`gradnoise.registry` for names and options,
+:mod:`gradnoise.engine` for the measurement.
 """
 from .base import (
     EstimatorNotApplicable, GradientEstimator, NonFiniteCostError, Objective, Problem, Truth,

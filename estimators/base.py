@@ -26,7 +26,7 @@ Because replicate ``r``'s surrogate loss depends only on row ``r`` of each leaf,
 pass through the sum of surrogates yields all ``R`` independent estimates at once. This is the
 same computation as ``torch.func.vmap(torch.func.grad(...))`` over replicates, written with
 batched parameters because ``torch.distributions`` sampling and argument validation do not run
-under ``vmap``. The measurement engine (:mod:`estimators.engine`) builds the leaves, seeds the
+under ``vmap``. The measurement engine (:mod:`gradnoise.engine`) builds the leaves, seeds the
 random stream and turns estimates into statistics; no estimator computes a mean or a variance.
 
 Capabilities are declared and checked: ``pathwise`` estimators need ``has_rsample`` and a cost

@@ -12,7 +12,7 @@ A baseline is a small object in the style of optax's ``(init, update)`` pairs:
 * ``update(state, f) -> state``: the new state after seeing ``f`` (stateless baselines return it
   unchanged).
 
-The estimator :class:`estimators.score_function.ScoreFunction` composes a baseline with
+The estimator :class:`gradnoise.score_function.ScoreFunction` composes a baseline with
 REINFORCE; nothing is copied between estimators. A baseline keeps the estimator unbiased
 whenever ``b`` is independent of the sample it multiplies (EMA: state from earlier batches;
 leave-one-out: the other samples; optimal: an independent pilot batch).

@@ -1,11 +1,11 @@
 r"""Cells on a Dask cluster: the engine's rows, computed by Dask workers, in any completion order.
 
 Every cell (problem, estimator, N) of a grid is independent and seeded by its own
-:func:`~estimators.engine.cell_seed`, so it can run in any process, on any machine, in any order,
+:func:`~gradnoise.engine.cell_seed`, so it can run in any process, on any machine, in any order,
 and give the same numbers. :func:`map_cells` submits one Dask task per cell to a
 ``distributed.Client`` and yields ``(index in the grid, rows)`` as cells complete; callers put
-the rows back in grid order (:func:`estimators.engine.measure`,
-:func:`analysis.sweep.sweep_to_csv`).
+the rows back in grid order (:func:`gradnoise.engine.measure`,
+:func:`gradnoise.analysis.sweep.sweep_to_csv`).
 
 What travels, and what runs where:
 
@@ -21,7 +21,7 @@ What travels, and what runs where:
   generator and thread count are global to the process, so two cells in threads of one process
   would share them); the rows (a few hundred bytes per parameter) come back to the client;
 * oracle truths and trained digits checkpoints are read from, or computed once into, the cache
-  folder ``$GRADNOISE_CACHE`` of the worker's machine (:func:`estimators.io.compute_once`).
+  folder ``$GRADNOISE_CACHE`` of the worker's machine (:func:`gradnoise.io.compute_once`).
 
 A worker that dies mid-cell (killed, out of memory) loses only that attempt: the scheduler
 reruns the cell on another worker, up to ``distributed.scheduler.allowed-failures`` times
@@ -88,7 +88,7 @@ def cell_context(threads: int | None = 1):
 
 def run_cell(problem: Problem, estimator: GradientEstimator, budget: int, replicates: int, seed: int,
              threads: int | None = 1, max_elements: int = MAX_ELEMENTS) -> list[dict]:
-    """One cell's rows (:func:`~estimators.engine.measure_cell`), computed in this process at
+    """One cell's rows (:func:`~gradnoise.engine.measure_cell`), computed in this process at
     ``threads`` intra-op threads; the task a Dask worker runs."""
     with cell_context(threads):
         return measure_cell(problem, estimator, budget, replicates, seed, max_elements=max_elements)
@@ -159,7 +159,7 @@ def map_cells(
 ) -> Iterator[tuple[int, list[dict]]]:
     """``(index, rows)`` of each cell of ``grid`` as it completes on ``client``'s workers.
 
-    The rows are those :func:`~estimators.engine.measure_cell` gives sequentially at the same
+    The rows are those :func:`~gradnoise.engine.measure_cell` gives sequentially at the same
     ``threads`` (bitwise, every column but ``seconds_per_estimate``). Small cells travel in
     batches (:func:`batches`). Closing the generator (an interrupt, an error in a cell) cancels
     the cells not yet finished.
@@ -203,7 +203,7 @@ def map_calls(client, function, calls: Sequence[tuple]) -> Iterator[tuple[int, o
 
 def check_workers(client) -> None:
     """One ``ValueError`` when a connected worker runs other gradnoise code than this process
-    (another :func:`~estimators.provenance.code_version`): its rows would carry numbers of other
+    (another :func:`~gradnoise.provenance.code_version`): its rows would carry numbers of other
     code. Workers that join later are not checked here; each row records its code version."""
     from .provenance import code_version
 

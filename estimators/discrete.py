@@ -16,7 +16,7 @@ q_\phi(b\mid x)` depends on the parameters also at fixed :math:`b`; every estima
 the Monte Carlo average of :math:`\nabla_\phi f_\phi(b)` at its samples (for ARM and DisARM the
 average over both antithetic samples, each distributed as :math:`q_\phi`), which carries the
 decoder gradient and a zero-mean :math:`-\nabla_\phi\log q_\phi` term, exactly as
-:class:`~estimators.score_function.ScoreFunction` does.
+:class:`~gradnoise.score_function.ScoreFunction` does.
 
 References: Yin & Zhou (2019), "ARM: augment-REINFORCE-merge gradient for stochastic binary
 networks", ICLR; Dong, Mnih & Tucker (2020), "DisARM: an antithetic gradient estimator for
@@ -198,7 +198,7 @@ class GumbelSoftmax(Relaxation):
     ``(n, R, *event)`` (Bernoulli latents) or the relaxed one-hot sample (categorical):
     :math:`\log p_\theta(x\mid\sigma(y)) + \log g_{\lambda,\tau}(y) - \log
     g_{\theta(\phi),\tau}(y\mid x)`, with :math:`g` the logistic densities of the relaxed prior
-    and posterior (``LogitRelaxedBernoulli``; see :meth:`estimators.problems.digits.DigitsVAE.relaxed_cost`).
+    and posterior (``LogitRelaxedBernoulli``; see :meth:`gradnoise.problems.digits.DigitsVAE.relaxed_cost`).
     Unbiased for the gradient of the *relaxed* objective; **biased** for the discrete objective,
     which is what the suite compares it with (``unbiased = False``). For a plain expectation
     with a continuous cost the bias vanishes as :math:`\tau \to 0`, where the variance grows; the

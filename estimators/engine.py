@@ -9,7 +9,7 @@ A *cell* is (problem, estimator, budget N). For each cell the engine
    ``torch.random.fork_rng`` so the caller's stream is untouched, and so that adding an
    estimator or a budget changes no other cell's numbers;
 3. computes the R estimates in chunks of replicated parameter leaves (see
-   :mod:`estimators.base`): one forward and one backward pass per chunk, never a Python loop
+   :mod:`gradnoise.base`): one forward and one backward pass per chunk, never a Python loop
    over replicates. A chunk holds at most ``max_elements`` (default 2**22) sample-sized elements,
    and each chunk's estimates are written into one preallocated ``(R, *shape)`` buffer per
    parameter, so the peak memory does not grow with R beyond the estimates themselves (process
@@ -17,11 +17,11 @@ A *cell* is (problem, estimator, budget N). For each cell the engine
    R=10^6, where keeping and concatenating per-chunk tensors fragmented the heap to 6.7 GB); a
    cell whose estimates alone would not fit in the available memory is refused up front
    (:func:`check_memory`);
-4. summarises each parameter with :func:`estimators.statistics.summarise` against the truth of
+4. summarises each parameter with :func:`gradnoise.statistics.summarise` against the truth of
    the estimator's objective, into one tidy row per problem x estimator x param x budget.
 
 Same seed, same numbers, bitwise, on the CPU (for the same ``max_elements`` and thread count),
-in this process or on any Dask worker (:mod:`estimators.cluster`). Cells run at one torch
+in this process or on any Dask worker (:mod:`gradnoise.cluster`). Cells run at one torch
 intra-op thread by default (:func:`torch_threads`, recorded in the column ``threads``): another
 thread count can change the last bits of cells whose kernels torch parallelises by splitting a
 reduction (measured over the default sweep grid, 1 against 2 threads: 6 of 269 rows, all
@@ -45,7 +45,7 @@ from .base import all_finite, EstimatorNotApplicable, GradientEstimator, NonFini
 from .provenance import code_version
 from .registry import get_estimator, make_problem
 
-#: what identifies a row, then the statistics (:data:`estimators.statistics.SUMMARY_COLUMNS`),
+#: what identifies a row, then the statistics (:data:`gradnoise.statistics.SUMMARY_COLUMNS`),
 #: then the cost, the code that computed it and torch's intra-op threads
 CELL_COLUMNS = ["problem", "estimator", "param", "budget", "replicates", "seed", "truth_kind"]
 COST_COLUMNS = ["seconds_per_estimate", "cost_evals", "code_version", "threads"]
@@ -347,7 +347,7 @@ def measure(
     default (``"cuda"`` where present). Invalid combinations raise unless ``on_invalid="skip"``.
     Cells run at ``threads`` torch intra-op threads (default 1, see :func:`torch_threads`;
     ``None`` leaves torch's setting). With ``client`` (a ``distributed.Client``) the cells run
-    on its Dask workers (:func:`estimators.cluster.map_cells`), with the same numbers, bitwise,
+    on its Dask workers (:func:`gradnoise.cluster.map_cells`), with the same numbers, bitwise,
     in the same row order.
     """
     def one(value, cls, what):

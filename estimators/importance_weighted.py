@@ -28,7 +28,7 @@ floating-point rounding), given the same noise):
 
 The budget ``n`` is ``K``; each spends ``K`` evaluations of the log joint (and their
 gradients). All need a model problem (``log_joint`` and ``encoder``, see
-:class:`estimators.problems.ModelProblem`) whose encoder has ``rsample``. The "stop-gradient on
+:class:`gradnoise.problems.ModelProblem`) whose encoder has ``rsample``. The "stop-gradient on
 :math:`q`'s parameters" is implemented by evaluating :math:`\log q` with detached copies of the
 parameter leaves, so no estimator needs to know which parameters belong to the encoder.
 """

@@ -10,7 +10,7 @@ estimated with ``n`` samples :math:`x_i \sim q_\phi` drawn *without* gradient
 (``f = log p(x, z) - log q(z|x)``) it carries the generative gradient :math:`\nabla_\theta \log
 p_\theta(x, z)` and :math:`-\nabla_\phi \log q_\phi(z)`, whose mean is zero. The cost is used as a
 scalar: no :math:`\nabla_x f` is needed, so these estimators apply to discrete distributions.
-The baseline ``b`` is any :class:`estimators.baselines.Baseline`; it keeps the estimator unbiased
+The baseline ``b`` is any :class:`gradnoise.baselines.Baseline`; it keeps the estimator unbiased
 when it is independent of the sample it multiplies (Williams 1992).
 """
 from __future__ import annotations

@@ -120,16 +120,17 @@ def environment_borrowing_this_interpreter(env_dir: Path) -> tuple[str, Path]:
 
 
 def install_commit(repo: Path, purelib: Path) -> None:
-    """Copy the checked-out commit's packages into ``purelib`` (a non-editable install, nothing built)."""
+    """Copy the checked-out commit's package folders into ``purelib`` as ``pyproject.toml``'s
+    ``package-dir`` maps them (``estimators/`` -> ``gradnoise/``, ``analysis/`` ->
+    ``gradnoise/analysis/``): a non-editable install, nothing built."""
     try:
         import tomllib
-    except ImportError:                  # Python 3.10: the project's two packages
-        packages = ["estimators", "analysis"]
-    else:
-        packages = tomllib.loads((repo / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
-    for name in packages:
-        shutil.rmtree(purelib / name, ignore_errors=True)
-        shutil.copytree(repo / name, purelib / name, ignore=shutil.ignore_patterns("__pycache__"))
+        package_dir = tomllib.loads((repo / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
+    except ImportError:                  # Python 3.10: the project's mapping
+        package_dir = {"gradnoise": "estimators", "gradnoise.analysis": "analysis"}
+    shutil.rmtree(purelib / "gradnoise", ignore_errors=True)
+    for name, folder in sorted(package_dir.items(), key=lambda item: item[0].count(".")):
+        shutil.copytree(repo / folder, purelib / name.replace(".", "/"), ignore=shutil.ignore_patterns("__pycache__"))
 
 
 @pytest.fixture(scope="session")
@@ -148,7 +149,7 @@ def asv_repository(tmp_path_factory) -> AsvRepository:
         commit = commits[name]
         git(repo, "checkout", "-q", commit)
         install_commit(repo, purelib)
-        where = run([python, "-c", "import estimators; print(estimators.__file__)"], tmp, env)
+        where = run([python, "-c", "import gradnoise; print(gradnoise.__file__)"], tmp, env)
         assert where.startswith(str(purelib)), f"benchmarks would import {where}, not commit {commit}"
         t0 = time.perf_counter()
         run([*out.asv, "run", "--environment", f"existing:{python}", "--set-commit-hash", commit,

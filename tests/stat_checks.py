@@ -53,8 +53,7 @@ def replay(estimator: str, problem: str, n: int, r: int = 3, seed: int = 7):
     Returns ``(problem, detached leaves, detached estimates)``; the caller draws the same noise
     the estimator drew (same calls, same order) and compares with a hand-derived formula.
     """
-    import estimators as gn
-
+    import gradnoise as gn
     est, prob = gn.get_estimator(estimator), gn.make_problem(problem)
     params = gn.replicate(prob.params, (r,))
     torch.manual_seed(seed)
@@ -67,7 +66,7 @@ def log_variance_z(g: torch.Tensor, exact: float) -> float:
     """z of ``log(sample variance) - log(exact)`` for R i.i.d. scalar estimates ``g``.
 
     The standard error of the log sample variance is the delta method's, kurtosis-adjusted:
-    ``sd(y) / (mean(y) sqrt(R))`` with ``y = (g - mean g)^2`` (``estimators.statistics``'s interval).
+    ``sd(y) / (mean(y) sqrt(R))`` with ``y = (g - mean g)^2`` (``gradnoise.statistics``'s interval).
     """
     y = (g.double().reshape(-1) - g.double().mean()) ** 2
     se = (y.std() / (y.mean() * math.sqrt(len(y)))).item()

@@ -1,4 +1,4 @@
-"""analysis.compare on asv result files written with asv's own API (asv.results.Results)."""
+"""gradnoise.analysis.compare on asv result files written with asv's own API (asv.results.Results)."""
 from __future__ import annotations
 
 import os
@@ -12,8 +12,8 @@ from asv.machine import Machine
 from asv.runner import BenchmarkResult
 from scipy import stats
 
-from analysis.cli import main
-from analysis.compare import compare, compare_pair, load_side
+from gradnoise.analysis.cli import main
+from gradnoise.analysis.compare import compare, compare_pair, load_side
 
 MACHINE = "testbox"
 ENV = "virtualenv-py3.11"

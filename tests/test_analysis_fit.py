@@ -1,4 +1,4 @@
-"""analysis.fit: power-law fits recover known exponents, and their intervals cover at the stated rate."""
+"""gradnoise.analysis.fit: power-law fits recover known exponents, and their intervals cover at the stated rate."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,9 +6,9 @@ import pandas as pd
 import pytest
 from scipy import integrate, stats
 
-import estimators as gn
-from analysis.fit import FIT_COLUMNS, fit_curves, fit_power_law
-from estimators.statistics import variance_interval
+import gradnoise as gn
+from gradnoise.analysis.fit import FIT_COLUMNS, fit_curves, fit_power_law
+from gradnoise.statistics import variance_interval
 
 BUDGETS = np.array([1, 3, 10, 30, 100, 300])
 TRUE_A, TRUE_B = 5.0, -0.8

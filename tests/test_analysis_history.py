@@ -1,4 +1,4 @@
-"""analysis.history on asv results written with asv's own API, for commits of a small git repository.
+"""gradnoise.analysis.history on asv results written with asv's own API, for commits of a small git repository.
 
 Five empty commits c0..c4: c0, c1 and c4 have results, c2's benchmarks failed (asv stored null),
 c3 has none. One cell steps up at c4, one steps down at c1, one never moves, and one is skipped
@@ -17,8 +17,8 @@ from asv.machine import Machine
 from asv.runner import BenchmarkResult
 from PIL import Image
 
-from analysis.cli import main
-from analysis.history import detect_history_steps, load_history
+from gradnoise.analysis.cli import main
+from gradnoise.analysis.history import detect_history_steps, load_history
 
 MACHINE = "testbox"
 ENV = "virtualenv-py3.11"

@@ -1,4 +1,4 @@
-"""analysis.plot helpers and analysis.report tables, on a small synthetic sweep (no estimator runs)."""
+"""gradnoise.analysis.plot helpers and analysis.report tables, on a small synthetic sweep (no estimator runs)."""
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from analysis.fit import fit_curves
-from analysis.plot import plot_efficiency, plot_snr, plot_variance, problem_figure, slug
-from analysis.report import common_budget, not_measured, ranking_table, summary_markdown
+from gradnoise.analysis.fit import fit_curves
+from gradnoise.analysis.plot import plot_efficiency, plot_snr, plot_variance, problem_figure, slug
+from gradnoise.analysis.report import common_budget, not_measured, ranking_table, summary_markdown
 
 BUDGETS = np.array([1, 3, 10, 30, 100])
 Z = stats.norm.ppf(0.975)

@@ -1,4 +1,4 @@
-"""analysis.sweep: resumable sweeps (no finished cell lost) and atomic CSV writes."""
+"""gradnoise.analysis.sweep: resumable sweeps (no finished cell lost) and atomic CSV writes."""
 from __future__ import annotations
 
 import json
@@ -7,9 +7,9 @@ import os
 import pandas as pd
 import pytest
 
-import estimators as gn
-from analysis import sweep
-from analysis.cli import main
+import gradnoise as gn
+from gradnoise.analysis import sweep
+from gradnoise.analysis.cli import main
 
 ARGS = ["sweep", "--problem", "gaussian-quadratic", "--estimator", "reinforce", "--estimator", "reparam",
         "--budget", "1", "--budget", "4", "--budget", "16", "--replicates", "50", "--seed", "3", "--quiet"]

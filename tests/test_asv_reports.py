@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from analysis.cli import main
-from analysis.compare import compare, comparison_markdown
-from analysis.history import detect_history_steps, load_history
+from gradnoise.analysis.cli import main
+from gradnoise.analysis.compare import compare, comparison_markdown
+from gradnoise.analysis.history import detect_history_steps, load_history
 from asv_repository import CELL, MACHINE
 
 pytestmark = pytest.mark.slow

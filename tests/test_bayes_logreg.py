@@ -7,8 +7,8 @@ import pytest
 import torch
 from scipy import integrate, stats
 
-import estimators as gn
-from estimators.engine import replicate_estimates
+import gradnoise as gn
+from gradnoise.engine import replicate_estimates
 from stat_checks import is_unbiased
 
 SEED = 20261128

@@ -139,7 +139,7 @@ def test_tracks_are_built_from_the_summary_columns():
     """Each tracked statistic combines columns the engine defines once, and has its asv class."""
     import benchmarks.quality as quality
     from benchmarks.common import TRACKS
-    from estimators.statistics import SUMMARY_COLUMNS
+    from gradnoise.statistics import SUMMARY_COLUMNS
 
     for statistic, track in TRACKS.items():
         assert set(track.columns) <= set(SUMMARY_COLUMNS), statistic

@@ -7,9 +7,9 @@ import sys
 import pandas as pd
 import pytest
 
-from analysis import cli
-from analysis.cli import build_parser, main
-from analysis.fit import FIT_COLUMNS
+from gradnoise.analysis import cli
+from gradnoise.analysis.cli import build_parser, main
+from gradnoise.analysis.fit import FIT_COLUMNS
 
 COMMANDS = ["sweep", "list", "fit", "plot", "compare", "report"]
 SMALL = ["--problem", "gaussian-quadratic", "--estimator", "reinforce", "--estimator", "reparam",
@@ -17,7 +17,7 @@ SMALL = ["--problem", "gaussian-quadratic", "--estimator", "reinforce", "--estim
 
 
 def test_command_modules_are_registered():
-    for module in ("analysis.sweep", "analysis.fit", "analysis.plot", "analysis.compare", "analysis.report"):
+    for module in ("gradnoise.analysis.sweep", "gradnoise.analysis.fit", "gradnoise.analysis.plot", "gradnoise.analysis.compare", "gradnoise.analysis.report"):
         assert module in cli.COMMAND_MODULES
 
 
@@ -68,7 +68,7 @@ def test_bad_sweep_input_is_one_line(tmp_path, capsys):
 
 
 def test_console_script_exits_non_zero_without_traceback(tmp_path):
-    run = subprocess.run([sys.executable, "-m", "analysis", "fit", str(tmp_path / "missing.csv")],
+    run = subprocess.run([sys.executable, "-m", "gradnoise.analysis", "fit", str(tmp_path / "missing.csv")],
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 2 and "Traceback" not in run.stderr and run.stderr.count("\n") == 1
 

@@ -16,11 +16,11 @@ import pytest
 import torch
 from torch.distributions import Gamma, Normal
 
-import estimators as gn
-from analysis import sweep
-from analysis.cli import main
-from estimators import cluster, io
-from estimators.problems import oracle_truth
+import gradnoise as gn
+from gradnoise.analysis import sweep
+from gradnoise.analysis.cli import main
+from gradnoise import cluster, io
+from gradnoise.problems import oracle_truth
 
 import cloudpickle  # noqa: E402  (dask[distributed] is a dependency: no skip)
 import distributed  # noqa: E402
@@ -235,7 +235,7 @@ def test_no_dask_import_without_a_client():
 
 
 def test_a_study_on_the_cluster_is_bitwise_the_sequential_run(client, tmp_path):
-    from analysis.studies import Config, run_study
+    from gradnoise.analysis.studies import Config, run_study
 
     run_study("iwae-snr", tmp_path / "seq", Config(quick=True))
     run_study("iwae-snr", tmp_path / "par", Config(quick=True, client=client))
@@ -246,7 +246,7 @@ def test_a_study_on_the_cluster_is_bitwise_the_sequential_run(client, tmp_path):
 
 
 def test_workers_running_other_code_are_refused(client):
-    from estimators import provenance
+    from gradnoise import provenance
 
     client.run(lambda: setattr(provenance, "code_version", lambda: "0123456789ab"))
     try:

@@ -9,10 +9,10 @@ import torch
 from scipy import stats
 from torch.distributions import Cauchy, Dirichlet, Normal
 
-import estimators as gn
-import estimators.control_variates as cv
-from analysis.studies.measure_valued import cost_function, optimal_beta, per_sample_moments
-from estimators.engine import replicate_estimates
+import gradnoise as gn
+import gradnoise.control_variates as cv
+from gradnoise.analysis.studies.measure_valued import cost_function, optimal_beta, per_sample_moments
+from gradnoise.engine import replicate_estimates
 from stat_checks import holm_reject, is_unbiased, log_variance_z, replay
 
 SEED = 20261127

@@ -7,9 +7,9 @@ import torch
 from torch.nn import Linear, Sequential, Tanh
 from torch.func import functional_call
 
-import estimators as gn
-from estimators.problems import digits, digits_model, digits_training
-from estimators.engine import replicate_estimates
+import gradnoise as gn
+from gradnoise.problems import digits, digits_model, digits_training
+from gradnoise.engine import replicate_estimates
 from stat_checks import is_unbiased
 
 SMALL = dict(latent=2, hidden=8, steps=40)

@@ -16,12 +16,13 @@ import numpy as np
 import pytest
 import torch
 from scipy import integrate, special, stats
-from torch.distributions import Bernoulli, Categorical, Independent, Normal
+from torch.distributions import Bernoulli, Categorical, Independent
 
-import estimators as gn
-from estimators.discrete import DisARM
-from estimators.problems import BernoulliProblem
-from estimators.engine import replicate_estimates
+import gradnoise as gn
+from two_bit_model import TwoBitModel
+from gradnoise.discrete import DisARM
+from gradnoise.problems import BernoulliProblem
+from gradnoise.engine import replicate_estimates
 from stat_checks import ALPHA, holm_reject, is_unbiased, replay
 
 SEED = 20261126
@@ -113,36 +114,10 @@ def test_antithetic_estimators_are_unbiased_on_a_two_dimensional_event(estimator
     assert ok, f"smallest p-value {pmin:.2e}"
 
 
-class TwoBitVAE(gn.ModelProblem):
-    """z in {0,1}^2, q(z) = Bern(sigmoid(phi)), p(z) = Bern(sigmoid(theta)), p(x|z) = N(Wz, I); the
-    cost depends on phi at fixed z (through -log q), so the direct term is exercised."""
-
-    X = torch.tensor([0.5, -1.0, 2.0])
-
-    def __init__(self):
-        params = {"phi": torch.tensor([0.3, -0.8]), "theta": torch.tensor([-0.2, 0.5]),
-                  "W": torch.tensor([[1.0, -0.5], [0.2, 0.7], [1.5, 1.0]])}
-        super().__init__(self._encoder, self._log_joint, params, name="two-bit-vae")
-
-    def _encoder(self, p):
-        return Independent(Bernoulli(logits=p["phi"]), 1)
-
-    def _log_joint(self, z, p):
-        mean = (p["W"] * z.unsqueeze(-2)).sum(-1)
-        return Bernoulli(logits=p["theta"]).log_prob(z).sum(-1) + Normal(mean, 1.0).log_prob(self.X).sum(-1)
-
-    def true_gradient(self, objective=gn.Objective()):
-        states = torch.tensor(list(itertools.product([0.0, 1.0], repeat=2)))
-        leaves = {k: v.clone().requires_grad_(True) for k, v in self.params.items()}
-        log_q = self._encoder(leaves).log_prob(states)
-        elbo = (log_q.exp() * (self._log_joint(states, leaves) - log_q)).sum()
-        return gn.Truth(dict(zip(leaves, torch.autograd.grad(elbo, list(leaves.values())))), "enumeration")
-
-
 @pytest.mark.parametrize("estimator", ["arm", "disarm"])
 def test_antithetic_estimators_are_unbiased_for_the_elbo_of_a_model(estimator):
     """Encoder and generative gradients of the ELBO, including the cost's direct dependence on phi."""
-    prob = TwoBitVAE()
+    prob = TwoBitModel()
     estimates, _ = replicate_estimates(prob, gn.get_estimator(estimator), 2, R, SEED)
     ok, pmin = is_unbiased(estimates, prob.true_gradient())
     assert ok, f"smallest p-value {pmin:.2e}"
@@ -151,8 +126,8 @@ def test_antithetic_estimators_are_unbiased_for_the_elbo_of_a_model(estimator):
 @pytest.mark.parametrize("estimator", ["arm", "disarm", "reinforce-loo"])
 def test_stopped_score_term_keeps_the_elbo_gradient(estimator):
     """Without the zero-mean -grad log q term the estimators stay unbiased for the same truth."""
-    prob = gn.StoppedScoreTerm(TwoBitVAE())
-    assert prob.spec == "two-bit-vae:score_term=stopped"
+    prob = gn.StoppedScoreTerm(TwoBitModel())
+    assert prob.spec == "two-bit-model:score_term=stopped"
     estimates, _ = replicate_estimates(prob, gn.get_estimator(estimator), 2, R, SEED)
     ok, pmin = is_unbiased(estimates, prob.true_gradient())
     assert ok, f"smallest p-value {pmin:.2e}"
@@ -160,7 +135,7 @@ def test_stopped_score_term_keeps_the_elbo_gradient(estimator):
 
 def test_stopped_score_term_drops_exactly_the_score():
     """Same noise: the difference of the two forms' phi-gradients is -mean_i grad log q(z_i) = mean_i (b_i - sigma(phi))."""
-    full, stopped = TwoBitVAE(), gn.StoppedScoreTerm(TwoBitVAE())
+    full, stopped = TwoBitModel(), gn.StoppedScoreTerm(TwoBitModel())
     params = gn.replicate(full.params, (3,))
     torch.manual_seed(5)
     g_full = gn.get_estimator("reinforce-loo")(full, params, 4)
@@ -486,9 +461,9 @@ def test_relaxations_refuse_index_categoricals(estimator):
 
 def test_gumbel_softmax_refuses_a_model_without_a_relaxed_objective():
     with pytest.raises(gn.EstimatorNotApplicable, match="relaxed"):
-        gn.measure(TwoBitVAE(), "gumbel-softmax", 4, replicates=10)
+        gn.measure(TwoBitModel(), "gumbel-softmax", 4, replicates=10)
     # straight-through needs no relaxed objective: the discrete ELBO integrand is differentiable in z
-    assert len(gn.measure(TwoBitVAE(), "straight-through", 4, replicates=10)) == 3
+    assert len(gn.measure(TwoBitModel(), "straight-through", 4, replicates=10)) == 3
 
 
 @pytest.mark.parametrize("spec", ["gumbel-softmax:temperature=0", "straight-through:temperature=-1"])

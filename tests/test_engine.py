@@ -4,8 +4,8 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
-import estimators as gn
-from estimators.engine import COLUMNS, cell_seed, replicate_estimates
+import gradnoise as gn
+from gradnoise.engine import COLUMNS, cell_seed, replicate_estimates
 
 STAT_COLUMNS = [c for c in COLUMNS if c != "seconds_per_estimate"]
 
@@ -42,7 +42,7 @@ def test_adding_cells_does_not_change_other_cells():
 
 def test_chunking_bounds_memory_and_stays_reproducible():
     """R=10^4, N=10^3 on a scalar problem is split into chunks of at most 2**22 elements."""
-    from estimators.engine import MAX_ELEMENTS, chunk_size
+    from gradnoise.engine import MAX_ELEMENTS, chunk_size
 
     prob = gn.make_problem("gaussian-quadratic")
     step = chunk_size(prob, 1000, 10_000)

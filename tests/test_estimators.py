@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch.distributions import Bernoulli, Normal
 
-import estimators as gn
-from estimators.baselines import Baseline, ControlVariate
-from estimators.engine import replicate_estimates
+import gradnoise as gn
+from gradnoise.baselines import Baseline, ControlVariate
+from gradnoise.engine import replicate_estimates
 from stat_checks import is_unbiased, replay
 
 # the built-in problems that are cheap enough for every estimator x problem pair

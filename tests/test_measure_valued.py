@@ -10,10 +10,10 @@ import torch
 from scipy import stats
 from torch.distributions import Bernoulli, Chi2, Gamma, Independent, Normal, Weibull
 
-import estimators as gn
-import estimators.measure_valued as mv
-from analysis.studies.measure_valued import cost_function, per_sample_moments
-from estimators.engine import replicate_estimates
+import gradnoise as gn
+import gradnoise.measure_valued as mv
+from gradnoise.analysis.studies.measure_valued import cost_function, per_sample_moments
+from gradnoise.engine import replicate_estimates
 from stat_checks import holm_reject, is_unbiased, log_variance_z, replay
 
 SEED = 20261126

@@ -9,8 +9,8 @@ import torch
 from scipy import integrate, stats
 from torch.distributions import Categorical, Gamma
 
-import estimators as gn
-from estimators.engine import replicate_estimates
+import gradnoise as gn
+from gradnoise.engine import replicate_estimates
 from stat_checks import is_unbiased
 
 COSTS = {

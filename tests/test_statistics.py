@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from scipy import integrate, stats
 
-import estimators as gn
-from estimators.engine import replicate_estimates
-from estimators.statistics import CONFIDENCE, summarise, variance_interval
+import gradnoise as gn
+from gradnoise.engine import replicate_estimates
+from gradnoise.statistics import CONFIDENCE, summarise, variance_interval
 from stat_checks import ALPHA
 
 REPEATS = 400
@@ -77,8 +77,8 @@ def test_summarise_tensor_reductions():
 
 def test_summary_columns_are_defined_once():
     """summarise() returns exactly SUMMARY_COLUMNS, in order, and the engine's COLUMNS contain them."""
-    import estimators as gn
-    from estimators.statistics import SUMMARY_COLUMNS, summarise
+    import gradnoise as gn
+    from gradnoise.statistics import SUMMARY_COLUMNS, summarise
 
     g = np.random.default_rng(0).normal(size=(50, 3))
     assert list(summarise(g, np.zeros(3), np.zeros(3))) == list(SUMMARY_COLUMNS)

@@ -8,12 +8,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import estimators as gn
-from analysis import cli, studies
-from analysis.studies import base as study_base
-from analysis.studies import cli as study_cli
-from analysis.fit import FIT_COLUMNS
-from analysis.studies.iwae_snr import Moments
+import gradnoise as gn
+from gradnoise.analysis import cli, studies
+from gradnoise.analysis.studies import base as study_base
+from gradnoise.analysis.studies import cli as study_cli
+from gradnoise.analysis.fit import FIT_COLUMNS
+from gradnoise.analysis.studies.iwae_snr import Moments
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 STUDY_TABLES = {

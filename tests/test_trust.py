@@ -21,11 +21,11 @@ import pytest
 import torch
 from torch.distributions import Normal
 
-import estimators as gn
-from analysis import fit as fit_mod
-from analysis import sweep
-from analysis.cli import main
-from estimators import provenance
+import gradnoise as gn
+from gradnoise.analysis import fit as fit_mod
+from gradnoise.analysis import sweep
+from gradnoise.analysis.cli import main
+from gradnoise import provenance
 
 ROOT = Path(__file__).resolve().parents[1]
 ITER_MEASURE = gn.engine.iter_measure
@@ -72,7 +72,7 @@ def test_cells_of_other_code_are_recomputed_and_said_so(tmp_path, monkeypatch, c
 
 
 def test_oracle_cache_is_keyed_by_the_code(tmp_path, monkeypatch):
-    from estimators.problems import truths
+    from gradnoise.problems import truths
 
     monkeypatch.setenv("GRADNOISE_CACHE", str(tmp_path))
     problem = gn.make_problem("gaussian-quadratic")
@@ -85,8 +85,8 @@ def test_oracle_cache_is_keyed_by_the_code(tmp_path, monkeypatch):
 
 
 def test_empty_cache_variable_means_the_default_for_every_cache(monkeypatch):
-    from estimators import io
-    from estimators.problems import digits_training
+    from gradnoise import io
+    from gradnoise.problems import digits_training
 
     monkeypatch.setenv("GRADNOISE_CACHE", "")
     assert io.cache_dir("oracles") == Path.home() / ".cache" / "gradnoise" / "oracles"

@@ -2,16 +2,16 @@
 from __future__ import annotations
 
 import functools
-import itertools
 import math
 
 import pytest
 import torch
 from torch.distributions import Bernoulli, Independent, Normal
 
-import estimators as gn
-from estimators.engine import replicate_estimates
-from estimators.vimco import leave_one_out_bounds
+import gradnoise as gn
+from two_bit_model import TwoBitModel
+from gradnoise.engine import replicate_estimates
+from gradnoise.vimco import leave_one_out_bounds
 from stat_checks import is_unbiased, replay
 
 SEED = 20261125
@@ -19,41 +19,8 @@ LGV = "linear-gaussian-vae:d=3,perturbation=0.2"   # small, and away from the op
 
 
 # ---------------------------------------------------------------------------------------------
-# a small discrete model whose IWAE-K gradient is exact by enumerating all K-tuples of latents
+# models with exact truths: TwoBitModel (tests/two_bit_model.py) and the exact posterior
 # ---------------------------------------------------------------------------------------------
-class TwoBitModel(gn.ModelProblem):
-    """z in {0,1}^2: q(z) = Bern(sigmoid(phi)), p(z) = Bern(sigmoid(theta)), p(x|z) = N(Wz, I), x in R^3."""
-
-    X = torch.tensor([0.5, -1.0, 2.0])
-
-    def __init__(self):
-        params = {"phi": torch.tensor([0.3, -0.8]), "theta": torch.tensor([-0.2, 0.5]),
-                  "W": torch.tensor([[1.0, -0.5], [0.2, 0.7], [1.5, 1.0]])}
-        super().__init__(self._encoder, self._log_joint, params, name="two-bit-model")
-
-    def _encoder(self, p):
-        return Independent(Bernoulli(logits=p["phi"]), 1)
-
-    def _log_joint(self, z, p):
-        mean = (p["W"] * z.unsqueeze(-2)).sum(-1)
-        return Bernoulli(logits=p["theta"]).log_prob(z).sum(-1) + Normal(mean, 1.0).log_prob(self.X).sum(-1)
-
-    def true_gradient(self, objective=gn.Objective()):
-        k = objective.k
-        states = torch.tensor(list(itertools.product([0.0, 1.0], repeat=2)))          # (4, 2)
-        tuples = torch.tensor(list(itertools.product(range(4), repeat=k)))            # (4^K, K)
-
-        def bound(p):
-            log_q = self._encoder(p).log_prob(states)
-            log_w = self._log_joint(states, p) - log_q
-            prob = log_q[tuples].sum(-1).exp()
-            return (prob * (torch.logsumexp(log_w[tuples], -1) - math.log(k))).sum()
-
-        leaves = {n: v.clone().requires_grad_(True) for n, v in self.params.items()}
-        grads = torch.autograd.grad(bound(leaves), list(leaves.values()))
-        return gn.Truth(dict(zip(leaves, grads)), "enumeration")
-
-
 class ExactPosteriorModel(gn.ModelProblem):
     """Linear-Gaussian model, p(z) = N(mu, I), p(x|z) = N(z, I), with q = N(a*x + b, s^2) at the
     exact posterior (a = 1/2, b = mu/2, s^2 = 1/2): log w = log p(x) for every z."""

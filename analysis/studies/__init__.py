@@ -1,6 +1,6 @@
 r"""``gradnoise study``: reproducible studies of published claims about gradient estimators.
 
-Each study is one module here, registered with :func:`~analysis.studies.base.study`; the steps
+Each study is one module here, registered with :func:`~gradnoise.analysis.studies.base.study`; the steps
 every study shares live in :mod:`.base`, the command line in :mod:`.cli`. Adding a study is one
 new module, imported below.
 """

@@ -11,11 +11,11 @@ maths here), writes its tables and figures, and says whether the claim held::
 
 Every study writes into its folder:
 
-* ``results.csv``: the engine's tidy rows (:data:`estimators.engine.COLUMNS`, the sweep's schema),
+* ``results.csv``: the engine's tidy rows (:data:`gradnoise.engine.COLUMNS`, the sweep's schema),
   plus rows for parameter *groups* (``param`` = ``encoder`` / ``decoder``: all the group's
-  tensors concatenated and summarised by :func:`estimators.statistics.summarise`, so the trace
+  tensors concatenated and summarised by :func:`gradnoise.statistics.summarise`, so the trace
   variance and its interval cover the whole group);
-* ``fits.csv``: :func:`analysis.fit.fit_curves` of ``results.csv`` (Var = a N^b, SNR = c N^d);
+* ``fits.csv``: :func:`gradnoise.analysis.fit.fit_curves` of ``results.csv`` (Var = a N^b, SNR = c N^d);
 * study-specific tables (``ratios.csv``, ``snr.csv``, ``ranking.csv`` ...), PNG figures;
 * ``study.md``: the claim, the measured numbers with 95% intervals, and whether the claim held;
 * ``summary.json``: the headline (used by ``--update-readme``).
@@ -25,7 +25,7 @@ method on the log scale: each variance interval is symmetric in :math:`\log`, so
 :math:`s_i = (\log v_i^{hi} - \log v_i^{lo}) / (2 z_{0.975})` and
 :math:`\log(v_1/v_2) \pm z_{0.975}\sqrt{s_1^2 + s_2^2}` (:func:`ratio_interval`).
 
-A study is one module of :mod:`analysis.studies` that registers ``run(out_dir, config) ->
+A study is one module of :mod:`gradnoise.analysis.studies` that registers ``run(out_dir, config) ->
 Outcome`` with :func:`study`; it measures with :func:`cell_rows` (the engine), fits and writes
 ``results.csv``/``fits.csv`` with :func:`write_results`, draws with :func:`new_figure`,
 :func:`errorbar_series` and :func:`save_figure`, and returns an :class:`Outcome` (the verdict);
@@ -46,9 +46,9 @@ import pandas as pd
 import torch
 from scipy import stats
 
-import estimators as gn
-from estimators.io import atomic_write_csv, atomic_write_text
-from estimators.statistics import log_se
+import gradnoise as gn
+from gradnoise.io import atomic_write_csv, atomic_write_text
+from gradnoise.statistics import log_se
 
 from ..fit import fit_curves
 from ..plot import estimator_style
@@ -143,7 +143,7 @@ def cell_rows(
 ) -> tuple[list[dict], dict[str, torch.Tensor], float]:
     """Rows in the sweep's schema for one cell, and the raw estimates they summarise.
 
-    The estimates come from :func:`estimators.replicate_estimates` (so the per-parameter rows are
+    The estimates come from :func:`gradnoise.replicate_estimates` (so the per-parameter rows are
     the ones ``gradnoise sweep`` writes for the same seed and R); each entry of ``groups`` adds a
     row whose ``param`` is the group's name, summarising its tensors concatenated.
     Returns ``(rows, estimates, seconds)``.
@@ -154,10 +154,25 @@ def cell_rows(
     return rows, estimates, seconds
 
 
+def grid(problems, estimators, budgets, replicates: int) -> list[tuple]:
+    """The cells ``(problem, estimator, budget, replicates, problem.groups)`` of every problem x
+    estimator x budget the estimator can run (budget at least its ``min_budget``), in that order;
+    ``budgets`` is a list, or a function of the estimator giving its list. For :func:`study_cells`.
+    """
+    cells = []
+    for problem in problems:
+        for name in estimators:
+            estimator = gn.get_estimator(name)
+            for n in (budgets(estimator) if callable(budgets) else budgets):
+                if n >= estimator.min_budget:
+                    cells.append((problem, estimator, n, replicates, problem.groups))
+    return cells
+
+
 def _study_cell(problem, estimator, budget, replicates, seed, groups, reduce, threads):
     """:func:`cell_rows` of one cell and ``reduce(estimates, groups)`` (None without ``reduce``),
     as a Dask task: the raw estimates stay where they were computed."""
-    from estimators.cluster import cell_context
+    from gradnoise.cluster import cell_context
 
     with cell_context(threads):
         rows, estimates, _ = cell_rows(problem, estimator, budget, replicates, seed, groups)
@@ -175,7 +190,7 @@ def study_cells(config: Config, cells, reduce: Callable | None = None) -> list[t
             out.append((rows, reduce(estimates, groups) if reduce is not None else None))
             del estimates
         return out
-    from estimators.cluster import map_calls
+    from gradnoise.cluster import map_calls
 
     calls = [(p, e, n, r, config.seed, g, reduce, config.threads) for p, e, n, r, g in cells]
     done = dict(map_calls(config.client, _study_cell, calls))
@@ -196,7 +211,7 @@ def ratio_interval(num, num_low, num_high, den, den_low, den_high):
 # Writing
 # --------------------------------------------------------------------------------------------
 def write_results(rows: list[dict], out_dir: Path) -> pd.DataFrame:
-    """``results.csv`` in the sweep's schema, and ``fits.csv`` from :func:`analysis.fit.fit_curves`."""
+    """``results.csv`` in the sweep's schema, and ``fits.csv`` from :func:`gradnoise.analysis.fit.fit_curves`."""
     df = pd.DataFrame(rows, columns=gn.COLUMNS)
     atomic_write_csv(df, out_dir / "results.csv")
     atomic_write_csv(fit_curves(df, x="budget"), out_dir / "fits.csv")
@@ -216,7 +231,7 @@ def new_figure(nrows: int = 1, ncols: int = 1, width: float = 4.0, height: float
 def errorbar_series(ax, df: pd.DataFrame, x: str, y: str, low: str, high: str, *, by: str = "estimator",
                     label=None, **style) -> None:
     """One line with 95% error bars per value of ``by`` (an estimator name), in that estimator's
-    colour and marker (:func:`analysis.plot.estimator_style`, the same in every figure)."""
+    colour and marker (:func:`gradnoise.analysis.plot.estimator_style`, the same in every figure)."""
     for name, g in df.groupby(by, sort=False):
         g = g.sort_values(x)
         colour, marker = estimator_style(name)

@@ -8,7 +8,7 @@ gradient (all ``encoder.*`` tensors together) and its bias for ``reinforce-loo``
 ``arm``, ``disarm``, ``gumbel-softmax`` and ``straight-through`` at equal numbers E of cost
 evaluations per estimate (ARM and DisARM use N = E/2 antithetic pairs, the others N = E
 samples), and the ratio of each estimator's variance to DisARM's with a delta-method interval
-on the log scale (:func:`analysis.studies.ratio_interval`).
+on the log scale (:func:`gradnoise.analysis.studies.ratio_interval`).
 """
 from __future__ import annotations
 
@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-import estimators as gn
-from estimators.io import atomic_write_csv, fmt, fmt_ci, markdown_table
+import gradnoise as gn
+from gradnoise.io import atomic_write_csv, fmt, fmt_ci, markdown_table
 
 from .base import (
-    Config, Outcome, errorbar_series, log_axes, new_figure, ratio_interval, save_figure, study, study_cells,
+    Config, Outcome, errorbar_series, grid, log_axes, new_figure, ratio_interval, save_figure, study, study_cells,
     with_options, write_results, write_study_md,
 )
 
@@ -66,7 +66,7 @@ def checkpoint_of(spec: str) -> str:
 
 
 def form_of(spec: str) -> str:
-    """``"stopped"`` for the papers' form (:class:`estimators.StoppedScoreTerm`), else ``"full"``."""
+    """``"stopped"`` for the papers' form (:class:`gradnoise.StoppedScoreTerm`), else ``"full"``."""
     return "stopped" if gn.parse_spec(spec)[1].get("score_term") == "stopped" else "full"
 
 
@@ -165,15 +165,12 @@ def judge(ratios: pd.DataFrame) -> tuple[bool, str, list[str]]:
                "gumbel-softmax, straight-through at equal evaluations on digits-bernoulli-vae")
 def run(out: Path, config: Config) -> Outcome:
     sizes = QUICK if config.quick else FULL
+    budgets = lambda estimator: [budget_for(estimator, evals) for evals in sizes.evaluations]  # noqa: E731
     cells = []
     for ckpt in sizes.checkpoints:
         problem = gn.make_problem(with_options(sizes.problem, checkpoint=ckpt, oracle_samples=sizes.oracle_samples))
-        stopped = gn.StoppedScoreTerm(problem)
-        for form, names in ((problem, ESTIMATORS), (stopped, PAPER_FORM)):
-            for name in names:
-                estimator = gn.get_estimator(name)
-                for evals in sizes.evaluations:
-                    cells.append((form, estimator, budget_for(estimator, evals), sizes.replicates, problem.groups))
+        cells += grid([problem], ESTIMATORS, budgets, sizes.replicates)
+        cells += grid([gn.StoppedScoreTerm(problem)], PAPER_FORM, budgets, sizes.replicates)
     rows = [row for cell, _ in study_cells(config, cells) for row in cell]
     results = write_results(rows, out)
     ratios = ratio_table(results)
@@ -239,7 +236,7 @@ over its expectation for an unbiased estimator, about 1 when unbiased and large 
 parameters at fixed z, and every estimator adds the average of that direct gradient, which carries
 the zero-mean term -grad log q(z|x) (`form` = `full`). The ARM and DisARM papers write the encoder
 gradient without it; `form` = `stopped` measures `reinforce-loo`, `arm` and `disarm` again on
-`estimators.StoppedScoreTerm(problem)`, whose cost stops the encoder's parameters inside log q:
+`gradnoise.StoppedScoreTerm(problem)`, whose cost stops the encoder's parameters inside log q:
 the same ELBO gradient (the dropped term has mean zero), the same truth, less noise.
 **Ratio interval: delta method on the log scale** (independently
 seeded cells). The claim is judged held if Var(arm) / Var(disarm) and Var(reinforce-loo) /

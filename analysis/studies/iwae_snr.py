@@ -35,7 +35,7 @@ With R replicates, :math:`\lVert\bar g\rVert^2` overestimates :math:`\lVert\math
 Intervals: a bootstrap over replicates (B resamples, multinomial weights, independent between
 estimators) gives the standard error of :math:`\log\mathrm{SNR}` and a percentile interval per K.
 Exponents: :math:`\mathrm{SNR} = c K^d` fitted by inverse-variance weighted least squares on the
-log-log scale with those standard errors (:func:`analysis.fit.fit_power_law`, covariance scaled
+log-log scale with those standard errors (:func:`gradnoise.analysis.fit.fit_power_law`, covariance scaled
 by :math:`\chi^2/\nu` when the power law misfits); a K whose bootstrap signal is non-positive in
 more than 2.5% of resamples is *at the noise floor* and left out of the fit (reported).
 """
@@ -49,8 +49,8 @@ import pandas as pd
 import torch
 from scipy import stats
 
-import estimators as gn
-from estimators.io import atomic_write_csv, fmt, fmt_ci, markdown_table
+import gradnoise as gn
+from gradnoise.io import atomic_write_csv, fmt, fmt_ci, markdown_table
 
 from ..fit import fit_power_law
 from ..plot import estimator_style
@@ -218,7 +218,7 @@ def judge(fits: pd.DataFrame, engine_fits: pd.DataFrame) -> tuple[bool | None, s
     """Each expectation of :data:`EXPECTED` on each problem, on the fits over K >= :data:`ASYMPTOTIC_K`
     (the all-K fit is quoted beside it). Returns ``(held, verdict, headline, details)``; ``held``
     is ``None`` if some fit is missing. The IWAE decoder's variance exponent (``engine_fits``,
-    from :func:`analysis.fit.fit_curves`) is quoted as a diagnostic: it is -1 once the
+    from :func:`gradnoise.analysis.fit.fit_curves`) is quoted as a diagnostic: it is -1 once the
     self-normalised importance weights are in the asymptotic regime the papers' rates assume."""
     held, missing, lines, details, per_problem = True, False, [], {}, []
     every = fits[fits["K_from"] == 1]
@@ -365,7 +365,7 @@ than {100 * FLOOR_FRACTION:.1f}% of resamples is marked at the noise floor and l
 
 **Intervals and fits.** Bootstrap over replicates (percentile interval per K; standard error of
 log SNR for the fit). SNR = c K^d by inverse-variance weighted least squares on log-log axes
-(`analysis.fit.fit_power_law`, covariance scaled by chi2/dof when the power law misfits; `fit p` is
+(`gradnoise.analysis.fit.fit_power_law`, covariance scaled by chi2/dof when the power law misfits; `fit p` is
 the goodness-of-fit p-value), over every K (`K_from` = 1) and over K >= {ASYMPTOTIC_K} (`K_from` =
 {ASYMPTOTIC_K}). The papers' rates are asymptotic in K (at K = 1 the IWAE gradient is the VAE
 gradient), so the claim is judged on the K >= {ASYMPTOTIC_K} fit: IWAE encoder d's interval
@@ -391,7 +391,7 @@ SNR, which needs only the estimates.
     body = ("### Fitted SNR exponents (SNR = c K^d)\n\n" + markdown_table(fits_view)
             + ("\n\n" + "\n\n".join(notes) if notes else "")
             + "\n\n### SNR per K\n\n" + markdown_table(snr_view)
-            + "\n\n### The engine's columns fitted by `analysis.fit.fit_curves` (no noise correction)\n\n"
+            + "\n\n### The engine's columns fitted by `gradnoise.analysis.fit.fit_curves` (no noise correction)\n\n"
             + markdown_table(engine_view))
     outcome = Outcome("iwae-snr", "IWAE gradient SNR (Rainforth et al. 2018; Tucker et al. 2019)", CLAIM, held,
                       headline, figures, quick=config.quick, details=details, verdict=verdict)

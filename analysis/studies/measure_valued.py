@@ -46,9 +46,9 @@ import numpy as np
 import pandas as pd
 from scipy import integrate
 
-import estimators as gn
-from estimators.io import atomic_write_csv, fmt, fmt_ci, markdown_table
-from estimators.statistics import log_se
+import gradnoise as gn
+from gradnoise.io import atomic_write_csv, fmt, fmt_ci, markdown_table
+from gradnoise.statistics import log_se
 
 from ..plot import estimator_style
 from .base import (

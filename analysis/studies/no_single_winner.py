@@ -23,11 +23,11 @@ from pathlib import Path
 
 import pandas as pd
 
-import estimators as gn
-from estimators.io import atomic_write_csv, fmt, fmt_ci, markdown_table
+import gradnoise as gn
+from gradnoise.io import atomic_write_csv, fmt, fmt_ci, markdown_table
 
 from .base import (
-    Config, Outcome, errorbar_series, log_axes, new_figure, ratio_interval,
+    Config, Outcome, errorbar_series, grid, log_axes, new_figure, ratio_interval,
     save_figure, study, study_cells, write_results, write_study_md,
 )
 
@@ -141,15 +141,8 @@ def figure(table: pd.DataFrame, path: Path) -> str:
        summary="Mohamed et al. 2020: per-sample variance of score function, with baseline, and pathwise over k")
 def run(out: Path, config: Config) -> Outcome:
     sizes = QUICK if config.quick else FULL
-    cells = []
-    for cost in COSTS:
-        for k in sizes.ks:
-            problem = gn.make_problem(f"{cost}:k={k:g}")
-            for name in SCORE_FUNCTION + (PATHWISE,):
-                estimator = gn.get_estimator(name)
-                for n in sizes.budgets:
-                    if n >= estimator.min_budget:
-                        cells.append((problem, estimator, n, sizes.replicates, None))
+    problems = [gn.make_problem(f"{cost}:k={k:g}") for cost in COSTS for k in sizes.ks]
+    cells = grid(problems, SCORE_FUNCTION + (PATHWISE,), sizes.budgets, sizes.replicates)
     rows = [row for cell, _ in study_cells(config, cells) for row in cell]
     results = write_results(rows, out)
     table = per_sample_table(results)

@@ -8,7 +8,7 @@ latent variables". Measured on ``digits-vae`` (a VAE trained on binarised sklear
 gradient (all ``encoder.*`` tensors together) for ``reinforce``, ``reinforce-loo``,
 ``reinforce-optimal`` and ``reparam`` at budgets N, and the ratio of each REINFORCE variant's
 variance to ``reparam``'s, with a delta-method interval on the log scale
-(:func:`analysis.studies.ratio_interval`).
+(:func:`gradnoise.analysis.studies.ratio_interval`).
 """
 from __future__ import annotations
 
@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pandas as pd
 
-import estimators as gn
-from estimators.io import atomic_write_csv, fmt, fmt_ci, markdown_table
+import gradnoise as gn
+from gradnoise.io import atomic_write_csv, fmt, fmt_ci, markdown_table
 
 from .base import (
-    Config, Outcome, errorbar_series, log_axes, new_figure, ratio_interval,
+    Config, Outcome, errorbar_series, grid, log_axes, new_figure, ratio_interval,
     save_figure, study, study_cells, with_options, write_results, write_study_md,
 )
 
@@ -89,14 +89,9 @@ def figure(results: pd.DataFrame, ratios: pd.DataFrame, checkpoints, path: Path)
        summary="Burda et al. 2016: encoder-gradient variance of reinforce(-loo, -optimal) vs reparam on digits-vae")
 def run(out: Path, config: Config) -> Outcome:
     sizes = QUICK if config.quick else FULL
-    cells = []
-    for ckpt in sizes.checkpoints:
-        problem = gn.make_problem(with_options(sizes.problem, checkpoint=ckpt, oracle_samples=sizes.oracle_samples))
-        groups = problem.groups
-        for name in SCORE_FUNCTION + (PATHWISE,):
-            estimator = gn.get_estimator(name)
-            for n in sizes.budgets:
-                cells.append((problem, estimator, n, sizes.replicates, groups))
+    problems = [gn.make_problem(with_options(sizes.problem, checkpoint=ckpt, oracle_samples=sizes.oracle_samples))
+                for ckpt in sizes.checkpoints]
+    cells = grid(problems, SCORE_FUNCTION + (PATHWISE,), sizes.budgets, sizes.replicates)
     rows = [row for cell, _ in study_cells(config, cells) for row in cell]
     results = write_results(rows, out)
     ratios = ratio_table(results)

@@ -6,7 +6,7 @@ Not an asv benchmark (this folder has no ``__init__.py``). It prints:
 
 1. the wall time of a grid of >= 30 cells (Gaussian and linear-Gaussian-VAE problems x three
    estimators x N = 10, 100, 1000) computed sequentially in this process at 1 torch thread, and
-   on a ``LocalCluster`` of ``--workers`` single-threaded processes (``estimators.cluster``),
+   on a ``LocalCluster`` of ``--workers`` single-threaded processes (``gradnoise.cluster``),
    the speed-up, and whether every number but ``seconds_per_estimate`` is bitwise the same;
    the cluster's start-up (processes, imports, first task) is timed separately;
 2. the Dask overhead per cell, from a grid of tiny cells (R=8, N=1..200 on gaussian-quadratic):
@@ -26,9 +26,9 @@ import time
 
 import pandas as pd
 
-import estimators as gn
-from estimators.cluster import map_calls, map_cells, open_client, run_cells
-from estimators.engine import torch_threads
+import gradnoise as gn
+from gradnoise.cluster import map_calls, map_cells, open_client, run_cells
+from gradnoise.engine import torch_threads
 
 PROBLEMS = ["gaussian-quadratic", "gaussian-exp", "gaussian-cos", "gaussian-quadratic-nd", "linear-gaussian-vae"]
 ESTIMATORS = ["reinforce", "reinforce-loo", "reparam"]

@@ -7,8 +7,10 @@ checkout and optionally an older one measured in the same run.
 
 *cold*: an empty cache (``GRADNOISE_CACHE`` a new folder: oracle truths computed) and a new
 output folder; *warm*: the cache the cold run filled, a new output folder again (every cell
-measured, every figure drawn). Each checkout runs as ``python -m analysis report`` from its own
-folder, so its own code is imported; the threads are those each version chooses by default.
+measured, every figure drawn). This checkout runs as the installed ``python -m
+gradnoise.analysis report``; a baseline from before the ``gradnoise`` package (its folders imported
+as ``estimators`` and ``analysis``) runs as ``python -m analysis report`` from its own folder, so
+its own code is imported. Threads: those each version chooses by default.
 """
 from __future__ import annotations
 
@@ -25,8 +27,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def run_report(checkout: Path, cache: Path, out: Path) -> float:
     env = {**os.environ, "GRADNOISE_CACHE": str(cache)}
+    module = "gradnoise.analysis" if checkout == ROOT else "analysis"
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "analysis", "report", "--out-dir", str(out), "--quiet"],
+    subprocess.run([sys.executable, "-m", module, "report", "--out-dir", str(out), "--quiet"],
                    cwd=checkout, env=env, check=True, stdout=subprocess.DEVNULL)
     return time.perf_counter() - start
 

@@ -7,7 +7,7 @@ problem and estimator it times, best of ``--repeats``:
 
 * ``loop``: what a user would write, R separate estimates, each a surrogate loss and ``backward()``;
 * ``engine 1t`` / ``engine Tt``: the engine's estimation pass
-  (:func:`estimators.replicate_estimates`, the R estimates of one cell) at 1 torch intra-op thread
+  (:func:`gradnoise.replicate_estimates`, the R estimates of one cell) at 1 torch intra-op thread
   (the default) and at torch's default thread count on this machine (``T``, the number of cores
   unless ``OMP_NUM_THREADS`` says otherwise);
 * ``jax``: on the Gaussian problems, the same estimators written in JAX, ``jit(vmap(grad))`` over
@@ -29,8 +29,8 @@ import time
 
 import torch
 
-import estimators as gn
-from estimators.engine import torch_threads
+import gradnoise as gn
+from gradnoise.engine import torch_threads
 
 PROBLEMS = ["gaussian-quadratic", "gaussian-exp", "gaussian-cos", "gaussian-quadratic-nd", "linear-gaussian-vae"]
 ESTIMATORS = ["reinforce", "reparam", "iwae"]

@@ -1,7 +1,7 @@
 r"""Bring your own problem: :class:`ExpectationProblem` takes any ``torch.distributions`` family
 built from a dict of parameter tensors plus a cost; :class:`ModelProblem` takes an encoder and a
 log joint; :class:`StoppedScoreTerm` wraps a model problem into the form the ARM and DisARM
-papers write the encoder gradient in. Truths come from :mod:`estimators.problems.truths`.
+papers write the encoder gradient in. Truths come from :mod:`gradnoise.problems.truths`.
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ class ExpectationProblem(Problem):
     Truth, in order of preference: ``expected_cost(params)`` (closed form, differentiated by
     autograd), exact enumeration when the distribution has ``enumerate_support``, else an oracle
     from ``reparam`` (with ``rsample`` and a cost whose gradient in ``x`` is usable: see
-    :meth:`~estimators.base.Problem.sample_gradient_reason`) or ``reinforce-loo``.
+    :meth:`~gradnoise.base.Problem.sample_gradient_reason`) or ``reinforce-loo``.
     """
 
     def __init__(

@@ -19,7 +19,7 @@ options ``loc`` and ``scale``. :math:`S` is the first ``n_data`` points of a per
 569 drawn with ``torch.Generator().manual_seed(seed)`` (``n_data=0``: all 569); standardisation
 uses all 569 points.
 
-Truth: a labelled oracle (``reparam``, N = 1000, :data:`estimators.problems.ORACLE_SAMPLES` samples
+Truth: a labelled oracle (``reparam``, N = 1000, :data:`gradnoise.problems.ORACLE_SAMPLES` samples
 in all) with its standard error. (:math:`x_i^\top w` is Normal under :math:`q`, so the truth is also
 a sum of one-dimensional Gaussian integrals; the tests check the oracle against Gauss-Hermite
 quadrature of those.)

@@ -24,8 +24,8 @@ Parameters are named like ``nn.Sequential(Linear, Tanh, Linear)``'s state dict, 
 ``encoder.2.weight`` (2L or L, H), ``encoder.2.bias``, ``decoder.0.weight`` (H, L),
 ``decoder.0.bias`` (H,), ``decoder.2.weight`` (64, H), ``decoder.2.bias`` (64,).
 
-The model's maths is in :mod:`estimators.problems.digits_model`, its seeded training and the
-checkpoint cache in :mod:`estimators.problems.digits_training`.
+The model's maths is in :mod:`gradnoise.problems.digits_model`, its seeded training and the
+checkpoint cache in :mod:`gradnoise.problems.digits_training`.
 
 Truths: ELBO gradients of ``digits-vae`` by an oracle from ``reparam`` (``oracle_samples``
 evaluations, default 2^20, as 1000-sample estimates, or fewer samples each when

@@ -1,9 +1,9 @@
 r"""The digits VAEs' data and maths: binarised sklearn digits, functional MLPs with replicated
 weights, and :class:`DigitsModel` (encoder and log joint). Training lives in
-:mod:`estimators.problems.digits_training`, the problems in :mod:`estimators.problems.digits`.
+:mod:`gradnoise.problems.digits_training`, the problems in :mod:`gradnoise.problems.digits`.
 
 The MLPs are written functionally so that every weight may carry leading replicate dims
-``L`` (the contract of :mod:`estimators.base`): a layer is one batched matrix product of the
+``L`` (the contract of :mod:`gradnoise.base`): a layer is one batched matrix product of the
 ``(prod L, rows, in)`` activations with the ``(prod L, in, out)`` weights, no weight copies.
 
 Parameters are named like ``nn.Sequential(Linear, Tanh, Linear)``'s state dict, under

@@ -87,7 +87,7 @@ def checkpoint_path(kind: str, latent: int, hidden: int, steps: int, seed: int) 
 def load_or_train(kind: str, latent: int, hidden: int, steps: int, seed: int) -> dict[str, dict[str, Tensor]]:
     """The cached checkpoints for these settings, training (and caching) them first if needed.
 
-    Trained once among all processes sharing the cache (:func:`estimators.io.compute_once`: the
+    Trained once among all processes sharing the cache (:func:`gradnoise.io.compute_once`: the
     others wait on a lock, then load the file, written atomically). The training wall time is
     stored with the checkpoints under ``"seconds"``.
     """

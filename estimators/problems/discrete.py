@@ -10,7 +10,7 @@ r"""Toy problems with discrete latents and exact truths by enumeration.
   over K classes with a fixed cost :math:`c_k` per class, cost :math:`c^\top x` (linear, so that a
   relaxed sample on the simplex gets the interpolated cost); truth by enumerating the K classes.
 
-(:class:`~estimators.problems.base.StoppedScoreTerm`, in the bring-your-own module, wraps a model
+(:class:`~gradnoise.problems.base.StoppedScoreTerm`, in the bring-your-own module, wraps a model
 problem into the form of the encoder gradient in the ARM and DisARM papers.)
 """
 from __future__ import annotations

@@ -49,11 +49,11 @@ def oracle_truth(problem: Problem, estimator_name: str, n: int, samples: int = O
     Uses the measurement engine at seeds derived from the problem's spec (not the user's seed),
     in blocks of at most :data:`ORACLE_BLOCK_ELEMENTS` numbers, accumulating the sum and the sum
     of squares in float64, so memory does not grow with the number of estimates. Problems built
-    by :func:`~estimators.registry.make_problem` are deterministic functions of their spec, so
+    by :func:`~gradnoise.registry.make_problem` are deterministic functions of their spec, so
     their oracles are cached on disk (``$GRADNOISE_CACHE/oracles``, default
     ``~/.cache/gradnoise/oracles``), keyed by spec, estimator, n, samples, parameter values and
-    :func:`~estimators.provenance.code_version` (a change of the code computes them anew), and
-    computed once among processes sharing the cache (:func:`estimators.io.compute_once`). An
+    :func:`~gradnoise.provenance.code_version` (a change of the code computes them anew), and
+    computed once among processes sharing the cache (:func:`gradnoise.io.compute_once`). An
     oracle is computed at one intra-op thread, so that it does not depend on the thread count
     of the process that happened to compute it.
     """
