@@ -211,11 +211,13 @@ def test_report_and_study_refuse_bad_cluster_options(tmp_path, capsys, command):
 
 
 def test_an_unreachable_scheduler_is_one_error_within_seconds():
+    """The connection gives up after the timeout asked for (1 s here) instead of Dask's default
+    30 s; the bound below only separates the two on a machine busy with other work."""
     start = time.perf_counter()
     with pytest.raises(ValueError, match="cannot reach a Dask scheduler at 'tcp://127.0.0.1:9' within 1 s"):
         with cluster.open_client(scheduler="tcp://127.0.0.1:9", timeout=1.0):
             pass
-    assert time.perf_counter() - start < 5
+    assert time.perf_counter() - start < 20
 
 
 def test_threads_are_recorded_and_restored():
