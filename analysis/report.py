@@ -188,7 +188,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "report", help="the main job: sweep everything, fit, plot, and write summary.md",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Run a sweep of every problem x every valid estimator over budgets spanning two\n"
-        f"decades (default N = {' '.join(map(str, REPORT_BUDGETS))}, R = {REPORT_REPLICATES}; a few minutes on 2 cores),\n"
+        f"decades (default N = {' '.join(map(str, REPORT_BUDGETS))}, R = {REPORT_REPLICATES}; about 15 s on 2 quiet cores),\n"
         "then fit Var(N) = a N^b and SNR(N) = c N^d, draw the figures, and write summary.md: per\n"
         "problem, estimators ranked by variance at a common budget and by efficiency, the fitted\n"
         "slopes, and the figures. Resumable: re-running the same command reuses finished cells.",
