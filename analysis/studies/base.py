@@ -169,6 +169,12 @@ def grid(problems, estimators, budgets, replicates: int) -> list[tuple]:
     return cells
 
 
+def measure(config: "Config", cells, out_dir: Path) -> pd.DataFrame:
+    """Measure ``cells`` (:func:`grid`) with :func:`study_cells` and write ``results.csv`` and
+    ``fits.csv`` (:func:`write_results`); the results frame."""
+    return write_results([row for rows, _ in study_cells(config, cells) for row in rows], out_dir)
+
+
 def _study_cell(problem, estimator, budget, replicates, seed, groups, reduce, threads):
     """:func:`cell_rows` of one cell and ``reduce(estimates, groups)`` (None without ``reduce``),
     as a Dask task: the raw estimates stay where they were computed."""

@@ -22,8 +22,8 @@ import gradnoise as gn
 from gradnoise.io import atomic_write_csv, fmt, fmt_ci, markdown_table
 
 from .base import (
-    Config, Outcome, errorbar_series, grid, log_axes, new_figure, ratio_interval, save_figure, study, study_cells,
-    with_options, write_results, write_study_md,
+    Config, Outcome, errorbar_series, grid, log_axes, measure, new_figure, ratio_interval, save_figure, study,
+    with_options, write_study_md,
 )
 
 ESTIMATORS = ("reinforce-loo", "vimco", "arm", "disarm", "gumbel-softmax", "straight-through")
@@ -171,8 +171,7 @@ def run(out: Path, config: Config) -> Outcome:
         problem = gn.make_problem(with_options(sizes.problem, checkpoint=ckpt, oracle_samples=sizes.oracle_samples))
         cells += grid([problem], ESTIMATORS, budgets, sizes.replicates)
         cells += grid([gn.StoppedScoreTerm(problem)], PAPER_FORM, budgets, sizes.replicates)
-    rows = [row for cell, _ in study_cells(config, cells) for row in cell]
-    results = write_results(rows, out)
+    results = measure(config, cells, out)
     ratios = ratio_table(results)
     biases = bias_table(results)
     atomic_write_csv(ratios, out / "ratios.csv")

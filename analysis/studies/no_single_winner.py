@@ -27,8 +27,8 @@ import gradnoise as gn
 from gradnoise.io import atomic_write_csv, fmt, fmt_ci, markdown_table
 
 from .base import (
-    Config, Outcome, errorbar_series, grid, log_axes, new_figure, ratio_interval,
-    save_figure, study, study_cells, write_results, write_study_md,
+    Config, Outcome, errorbar_series, grid, log_axes, measure, new_figure, ratio_interval,
+    save_figure, study, write_study_md,
 )
 
 COSTS = {
@@ -143,8 +143,7 @@ def run(out: Path, config: Config) -> Outcome:
     sizes = QUICK if config.quick else FULL
     problems = [gn.make_problem(f"{cost}:k={k:g}") for cost in COSTS for k in sizes.ks]
     cells = grid(problems, SCORE_FUNCTION + (PATHWISE,), sizes.budgets, sizes.replicates)
-    rows = [row for cell, _ in study_cells(config, cells) for row in cell]
-    results = write_results(rows, out)
+    results = measure(config, cells, out)
     table = per_sample_table(results)
     ranking = ranking_table(table)
     atomic_write_csv(table, out / "per_sample.csv")

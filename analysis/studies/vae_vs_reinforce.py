@@ -21,8 +21,8 @@ import gradnoise as gn
 from gradnoise.io import atomic_write_csv, fmt, fmt_ci, markdown_table
 
 from .base import (
-    Config, Outcome, errorbar_series, grid, log_axes, new_figure, ratio_interval,
-    save_figure, study, study_cells, with_options, write_results, write_study_md,
+    Config, Outcome, errorbar_series, grid, log_axes, measure, new_figure, ratio_interval,
+    save_figure, study, with_options, write_study_md,
 )
 
 SCORE_FUNCTION = ("reinforce", "reinforce-loo", "reinforce-optimal")
@@ -92,8 +92,7 @@ def run(out: Path, config: Config) -> Outcome:
     problems = [gn.make_problem(with_options(sizes.problem, checkpoint=ckpt, oracle_samples=sizes.oracle_samples))
                 for ckpt in sizes.checkpoints]
     cells = grid(problems, SCORE_FUNCTION + (PATHWISE,), sizes.budgets, sizes.replicates)
-    rows = [row for cell, _ in study_cells(config, cells) for row in cell]
-    results = write_results(rows, out)
+    results = measure(config, cells, out)
     ratios = ratio_table(results)
     atomic_write_csv(ratios, out / "ratios.csv")
     figures = [figure(results, ratios, sizes.checkpoints, out / "encoder_variance.png")]
