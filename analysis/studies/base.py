@@ -317,14 +317,10 @@ def run_study(name: str, out_dir: str | os.PathLike, config: Config = Config()) 
     entry = get_study(name)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(config.threads)
-    try:
+    with gn.engine.torch_threads(config.threads):
         start = time.perf_counter()
         outcome = entry.run(out, config)
         outcome.wall_seconds = time.perf_counter() - start
-    finally:
-        torch.set_num_threads(threads)
     outcome.quick = config.quick
     write_summary(out, outcome)
     study_md = out / "study.md"

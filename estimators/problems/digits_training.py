@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from ..base import Params
+from ..engine import torch_threads
 from ..io import cache_dir, compute_once
 from ..provenance import source_hash
 from . import digits_model
@@ -53,14 +54,10 @@ def train(kind: str, latent: int, hidden: int, steps: int, seed: int) -> dict[st
     snapshot = lambda: {k: v.detach().clone() for k, v in params.items()}  # noqa: E731
     saved = {"start": snapshot()}
     optimiser = torch.optim.Adam(params.values(), lr=LEARNING_RATE)
-    threads = torch.get_num_threads()
-    with torch.random.fork_rng(devices=[]):
+    # tiny matrices: one thread is fastest, and makes the training thread-count free
+    with torch.random.fork_rng(devices=[]), torch_threads(1):
         torch.manual_seed(seed)
-        torch.set_num_threads(1)      # tiny matrices: one thread is fastest, and thread-count free
-        try:
-            _train_steps(kind, data, params, optimiser, steps, gen, saved, snapshot)
-        finally:
-            torch.set_num_threads(threads)
+        _train_steps(kind, data, params, optimiser, steps, gen, saved, snapshot)
     saved.setdefault("middle", saved["start"])
     saved["end"] = snapshot()
     return saved
