@@ -128,6 +128,10 @@ def _check_counts(budget, replicates) -> None:
 BYTES_PER_ESTIMATE = 4 + 3 * 8
 
 
+#: cells whose estimates need less than this are not checked against ``MemAvailable``
+SMALL_CELL_BYTES = 2**26
+
+
 def available_memory() -> int | None:
     """Bytes the kernel says it can give without swapping (``MemAvailable``), None if unknown."""
     try:
@@ -148,6 +152,8 @@ def check_memory(problem: Problem, replicates: int) -> None:
     bounded by ``max_elements`` whatever R, so the estimates are what grows with R.
     """
     need = replicates * problem.param_numel() * BYTES_PER_ESTIMATE
+    if need < SMALL_CELL_BYTES:      # not worth reading /proc/meminfo (15 us, a small cell's 5%)
+        return
     have = available_memory()
     if have is not None and need > have:
         raise MemoryError(
