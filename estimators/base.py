@@ -268,6 +268,12 @@ class Problem(abc.ABC):
             self._event_numel = max(1, math.prod(self.distribution(self.params).event_shape))
         return self._event_numel
 
+    def has_rsample(self) -> bool:
+        """Whether :meth:`distribution` has a reparameterised sampler; computed once per problem."""
+        if "_has_rsample" not in self.__dict__:
+            self._has_rsample = bool(self.distribution(self.params).has_rsample)
+        return self._has_rsample
+
     def param_numel(self) -> int:
         return sum(p.numel() for p in self.params.values())
 
@@ -334,11 +340,11 @@ class GradientEstimator(abc.ABC):
                 f"{problem.spec!r} is a plain expectation"
             )
         if self.pathwise:
-            dist = problem.distribution(problem.params)
-            if not dist.has_rsample:
+            if not problem.has_rsample():
+                family = type(problem.distribution(problem.params)).__name__
                 raise EstimatorNotApplicable(
                     f"estimator {self.name!r} is pathwise and needs rsample, but the distribution "
-                    f"{type(dist).__name__} of problem {problem.spec!r} has no rsample "
+                    f"{family} of problem {problem.spec!r} has no rsample "
                     f"(has_rsample=False); use a score-function estimator such as 'reinforce'"
                 )
             reason = problem.sample_gradient_reason()

@@ -211,14 +211,15 @@ def replicate_estimates(
             except NonFiniteCostError as err:
                 raise NonFiniteCostError(f"{where}: {err}") from None
             for name, g in grads.items():
-                if not all_finite(g):
-                    raise NonFiniteCostError(f"{where}: the gradient estimate of {name!r} is NaN or inf")
                 # one preallocated buffer per parameter: no per-chunk tensors left between the
                 # chunks' large temporaries, which would fragment the heap (RSS grew with R)
                 if name not in out:
                     out[name] = torch.empty((replicates, *g.shape[1:]), dtype=g.dtype, device=g.device)
                 out[name][first:first + g.shape[0]] = g.detach()
             del grads, params, state
+    for name, estimates in out.items():     # once per cell on the whole buffer, not once per chunk
+        if not all_finite(estimates):
+            raise NonFiniteCostError(f"{where}: the gradient estimate of {name!r} is NaN or inf")
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
