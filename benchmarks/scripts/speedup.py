@@ -17,7 +17,8 @@ problem and estimator it times, best of ``--repeats`` calls in a row:
   jitted estimate);
 * ``jax``: on the Gaussian problems, the same estimators written in JAX, ``jit(vmap(grad))`` over
   R keys (compile time excluded, ``block_until_ready``), where JAX is installed
-  (``pip install jax jaxlib``, CPU; JAX uses all cores through XLA's own thread pool).
+  (``pip install jax jaxlib``, CPU; JAX uses all cores through XLA's own thread pool, or one
+  with ``--jax-one-thread``, the engine's setting).
 
 It prints microseconds per estimate, the ratio loop / engine at 1 thread, engine / JAX and
 draws / JAX (above 1, the draws alone take longer than JAX's whole estimate),
@@ -121,12 +122,18 @@ def main() -> None:
     ap.add_argument("--budget", type=int, default=100)
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--no-loop", action="store_true", help="skip the plain loop (slow)")
+    ap.add_argument("--jax-one-thread", action="store_true",
+                    help="run XLA on one thread, as the engine's cells run (set before JAX is imported)")
     args = ap.parse_args()
     r, n = args.replicates, args.budget
+    if args.jax_one_thread:
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                                   + " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
     many = torch.get_num_threads()
     us = 1e6 / r
     print(f"R={r}, N={n}, torch {torch.__version__}; engine at 1 and at torch's default {many} threads; "
-          f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at start")
+          f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at start; "
+          f"JAX {'on one thread' if args.jax_one_thread else 'on its default threads'}")
     print(f"{'problem':<24}{'estimator':<11}{'loop':>9}{'engine 1t':>11}{f'engine {many}t':>11}{'draws':>8}"
           f"{'jax':>8}{'loop/eng':>10}{'eng/jax':>9}{'draws/jax':>10}   (us per estimate)")
     for spec in PROBLEMS:
