@@ -123,7 +123,7 @@ def grad_of(surrogate: Tensor, params: Params, *, retain_graph: bool = False) ->
 
 
 def grad_of_weighted_mean(values: Tensor, weights: Tensor, params: Params) -> Grads:
-    r""":func:`grad_of` of ``(weights * values).mean(0)`` (``values`` of shape ``(n, R)``, ``weights``
+    """:func:`grad_of` of ``(weights * values).mean(0)`` (``values`` of shape ``(n, R)``, ``weights``
     without a gradient path), the same numbers bitwise, three sample-sized passes fewer.
 
     Autograd sends :math:`w_{ir} \cdot (1/n)` into the graph of ``values``: the mean's backward
@@ -145,7 +145,7 @@ def _is_normal(dist: Distribution) -> bool:
 
 
 def sample_detached(dist: Distribution, shape: tuple[int, ...] = ()) -> Tensor:
-    r"""``dist.sample(shape)``: a draw without a gradient path, of shape ``shape + batch + event``.
+    """``dist.sample(shape)``: a draw without a gradient path, of shape ``shape + batch + event``.
 
     For a ``Normal`` (or ``Independent`` of one) it is ``rsample`` under ``no_grad``, the same
     numbers bitwise (both draw :math:`\varepsilon \sim N(0, 1)` into a fresh tensor, then

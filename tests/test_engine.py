@@ -88,23 +88,3 @@ def test_sample_detached_is_sample_bitwise(dtype, event):
             torch.manual_seed(n)
             got = sample_detached(dist, (n,))
             assert torch.equal(got, expected) and not got.requires_grad
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("n", [1, 3, 100])
-def test_grad_of_weighted_mean_is_autograd_of_the_mean_bitwise(dtype, n):
-    """The score function's shortcut (estimators/base.py): the gradient of (w * log q).mean(0),
-    with w * (1/n) sent into log q's graph, equals autograd's through the product and the mean."""
-    from torch.distributions import Bernoulli, Normal
-    from gradnoise.base import grad_of, grad_of_weighted_mean, replicate
-
-    torch.manual_seed(n)
-    for make, params in ((lambda p: Normal(p["loc"], p["scale"]), {"loc": torch.tensor(0.3), "scale": torch.tensor(1.7)}),
-                         (lambda p: Bernoulli(logits=p["logits"]), {"logits": torch.tensor(-0.4)})):
-        leaves = replicate({k: v.to(dtype) for k, v in params.items()}, (37,))
-        dist = make(leaves)
-        x = dist.sample((n,))
-        weights = torch.randn(n, 37, dtype=dtype)
-        expected = grad_of((weights * dist.log_prob(x)).mean(0), leaves)
-        got = grad_of_weighted_mean(make(leaves).log_prob(x), weights, leaves)
-        assert all(torch.equal(got[k], expected[k]) for k in leaves)
