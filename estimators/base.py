@@ -122,22 +122,6 @@ def grad_of(surrogate: Tensor, params: Params, *, retain_graph: bool = False) ->
     return {n: torch.zeros_like(params[n]) if g is None else g for n, g in zip(names, grads)}
 
 
-def grad_of_weighted_mean(values: Tensor, weights: Tensor, params: Params) -> Grads:
-    """:func:`grad_of` of ``(weights * values).mean(0)`` (``values`` of shape ``(n, R)``, ``weights``
-    without a gradient path), the same numbers bitwise, three sample-sized passes fewer.
-
-    Autograd sends :math:`w_{ir} \cdot (1/n)` into the graph of ``values``: the mean's backward
-    fills an ``(n, R)`` tensor with ``1/n`` (a division in the values' dtype), the product's
-    multiplies it by the weights. Sending that same tensor as ``grad_outputs`` skips the forward
-    product, the forward mean and the backward division (6% of a Gaussian score-function cell).
-    """
-    scale = torch.ones((), dtype=values.dtype, device=values.device) / values.shape[0]
-    names = list(params)
-    grads = torch.autograd.grad(values, [params[k] for k in names], grad_outputs=scale * weights,
-                                allow_unused=True)
-    return {k: torch.zeros_like(params[k]) if g is None else g for k, g in zip(names, grads)}
-
-
 def _is_normal(dist: Distribution) -> bool:
     while isinstance(dist, torch.distributions.Independent):
         dist = dist.base_dist

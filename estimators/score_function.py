@@ -15,7 +15,7 @@ when it is independent of the sample it multiplies (Williams 1992).
 """
 from __future__ import annotations
 
-from .base import GradientEstimator, Problem, evaluate_cost, grad_of, grad_of_weighted_mean, sample_detached
+from .base import GradientEstimator, Problem, evaluate_cost, grad_of, sample_detached
 from .baselines import Baseline, ControlVariate, LeaveOneOut, MovingAverage, OptimalConstant
 from .registry import register_estimator
 
@@ -49,8 +49,6 @@ class ScoreFunction(GradientEstimator):
         f = evaluate_cost(problem, x, params)     # (n, R); direct dependence on params kept
         cv = self.baseline.value(state, f.detach()) if self.baseline else ControlVariate()
         weight = f.detach() if _is_zero(cv.per_sample) else f.detach() - cv.per_sample
-        if not f.requires_grad and not cv.per_coordinate:    # a plain expectation's score term alone
-            return grad_of_weighted_mean(log_q, weight, params)
         # the direct term only where the cost depends on the parameters: adding a tensor without
         # a gradient path changes the surrogate's value, never its gradient (one sample-sized pass)
         surrogate = weight * log_q + f if f.requires_grad else weight * log_q

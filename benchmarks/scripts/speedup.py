@@ -1,9 +1,9 @@
 """Engine vs. a plain loop vs. JAX: the speed of R estimates, measured side by side in one run.
 
-    python benchmarks/scripts/speedup.py [--replicates 1000] [--budget 100] [--repeats 15]
+    python benchmarks/scripts/speedup.py [--replicates 1000] [--budget 100] [--repeats 5]
 
 Not an asv benchmark (this folder has no ``__init__.py``, so asv does not collect it). For each
-problem and estimator it times, best of ``--repeats`` calls in a row:
+problem and estimator it times, best of ``--repeats``:
 
 * ``loop``: what a user would write, R separate estimates, each a surrogate loss and ``backward()``;
 * ``engine 1t`` / ``engine Tt``: the engine's estimation pass
@@ -63,8 +63,6 @@ def naive_loop(problem, estimator: str, n: int, replicates: int) -> None:
 
 
 def best_of(fn, repeats: int) -> float:
-    """The best wall time of ``repeats`` calls in a row (warm: measuring two functions interleaved
-    made the engine 1.5x slower, its memory faulted in again after each JAX call)."""
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -120,7 +118,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--replicates", type=int, default=1000)
     ap.add_argument("--budget", type=int, default=100)
-    ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--no-loop", action="store_true", help="skip the plain loop (slow)")
     ap.add_argument("--jax-one-thread", action="store_true",
                     help="run XLA on one thread, as the engine's cells run (set before JAX is imported)")
@@ -146,15 +144,15 @@ def main() -> None:
             except gn.EstimatorNotApplicable:
                 continue
             problem.true_gradient(est.objective(n))       # oracle truths are cached, not timed
-            noise = torch.empty(r * n * problem.event_numel())
-            jax_fn = jax_fns.get(name) if jax_fns else None
             with torch_threads(1):
                 loop = math.nan if args.no_loop else best_of(lambda: naive_loop(problem, name, n, r), args.repeats)
                 one = best_of(lambda: gn.replicate_estimates(problem, est, n, r, 0), args.repeats)
-                draws = best_of(noise.normal_, args.repeats)
-            jax_s = best_of(jax_fn, args.repeats) if jax_fn else math.nan
             with torch_threads(many):
                 multi = best_of(lambda: gn.replicate_estimates(problem, est, n, r, 0), args.repeats)
+            jax_s = best_of(jax_fns[name], args.repeats) if jax_fns and name in jax_fns else math.nan
+            noise = torch.empty(r * n * problem.event_numel())
+            with torch_threads(1):
+                draws = best_of(noise.normal_, args.repeats)
             print(f"{problem.name:<24}{name:<11}{loop * us:>9.1f}{one * us:>11.2f}{multi * us:>11.2f}"
                   f"{draws * us:>8.2f}{jax_s * us:>8.2f}{loop / one:>9.0f}x{one / jax_s:>8.2f}x{draws / jax_s:>9.2f}x")
     print(f"load average {os.getloadavg()[0]:.1f} at the end")
