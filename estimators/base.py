@@ -129,7 +129,7 @@ def _is_normal(dist: Distribution) -> bool:
 
 
 def sample_detached(dist: Distribution, shape: tuple[int, ...] = ()) -> Tensor:
-    """``dist.sample(shape)``: a draw without a gradient path, of shape ``shape + batch + event``.
+    r"""``dist.sample(shape)``: a draw without a gradient path, of shape ``shape + batch + event``.
 
     For a ``Normal`` (or ``Independent`` of one) it is ``rsample`` under ``no_grad``, the same
     numbers bitwise (both draw :math:`\varepsilon \sim N(0, 1)` into a fresh tensor, then
