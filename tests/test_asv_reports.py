@@ -16,7 +16,7 @@ from PIL import Image
 from gradnoise.analysis.cli import main
 from gradnoise.analysis.compare import compare, comparison_markdown
 from gradnoise.analysis.history import detect_history_steps, load_history
-from asv_repository import CELL, MACHINE
+from asv_repository import MACHINE
 
 pytestmark = pytest.mark.slow
 
@@ -44,8 +44,7 @@ def _stored_nan_cells(asv_repository, commit: str) -> int:
 
 
 def _cells(df):
-    return {(m["problem"], m["estimator"], int(m["n"]))
-            for m in (CELL.search(f"({p})") for p in df["params"])}
+    return {(p, e, int(n)) for p, e, n in df["cell"].str.split(", ")}
 
 
 def test_self_comparison_reports_nothing_and_skips_as_skipped(asv_repository):
