@@ -3,8 +3,10 @@ r"""Compare asv results of two commits (or two results folders): ratios, interva
 Results are read with asv's own API (:mod:`asv.results`, :mod:`asv.config`): a commit is looked
 up with ``asv.results.get_result_hash_from_prefix`` under the ``results_dir`` of
 ``asv.conf.json``; a folder is read with ``asv.results.iter_results`` (it must hold the results
-of one commit), a single file with ``asv.results.Results.load``. One row per benchmark x
-parameter combination (x asv environment) present on both sides.
+of one commit), a single file with ``asv.results.Results.load``. One row per benchmark x cell
+(x asv environment). A cell is matched on its label (:func:`cell_label`: asv's parameter string
+without quotes), so the grid benchmarks' one ``cell`` parameter (``'gaussian-cos, reinforce,
+10'``) meets the problem x estimator x N product it replaced (``'gaussian-cos', 'reinforce', 10``).
 
 The test suits the quantity (asv treats lower as better for all of them):
 
@@ -41,7 +43,9 @@ give a verdict (``test`` says ``ci-overlap``).
 Cells asv skipped (``NotImplementedError`` in ``setup``: the estimator does not apply; stored as
 NaN) are ``skipped``, as are cells benchmarked on one side only (a benchmark or parameter added
 or removed) and, as ``asv compare`` does, cells whose benchmark code differs between the sides
-(asv's benchmark version). Cells that asv recorded as failed (stored as null: the benchmark raised another
+(asv's benchmark version). The exception is a benchmark whose parameters changed shape (a
+different number of parameters; its code had to change with them): its cells are compared on
+their labels, and ``reason`` says so. Cells that asv recorded as failed (stored as null: the benchmark raised another
 error, timed out, or its ``setup_cache`` or build failed) on either side are ``failed``; the
 ``reason`` column says which side. asv does not store the error message in its results files:
 its log of the run has it.
@@ -70,12 +74,14 @@ from gradnoise.io import atomic_write_text, fmt, fmt_ci, markdown_table
 ALPHA = 0.05
 LEVEL = 0.95
 COMPARE_COLUMNS = [
-    "benchmark", "params", "env", "kind", "before", "before_ci_low", "before_ci_high",
+    "benchmark", "cell", "env", "kind", "before", "before_ci_low", "before_ci_high",
     "after", "after_ci_low", "after_ci_high", "ratio", "ratio_ci_low", "ratio_ci_high",
     "n_before", "n_after", "test", "p_value", "p_adjusted", "verdict", "family", "factor", "reason",
 ]
 VERDICTS = ("regressed", "improved", "unchanged", "skipped", "failed")
 FAMILY_ORDER = {"time": 0, "memory": 1, "variance": 2, "MSE": 3, "bias": 4, "1/SNR": 5}
+#: How ``reason`` begins for a cell compared across a change of its benchmark's parameters.
+BRIDGED = "compared on the cell label"
 #: ``regressions_thresholds`` used when there is no ``asv.conf.json`` (the project's values).
 DEFAULT_THRESHOLDS = {r".*\.time_": 1.0, r".*\.peakmem_": 0.2, r".*\.track_": 0.35, r".*\.track_bias_excess": 1.0}
 
@@ -201,8 +207,10 @@ def load_side(spec: str, *, results_dir: str | None = None, machine: str | None 
 def tidy_results(side: Side) -> pd.DataFrame:
     """One row per benchmark x parameter combination x env: value, samples and asv's 99% CI.
 
-    ``status`` is ``ok``, ``skipped`` (asv stored NaN: ``NotImplementedError`` in ``setup``) or
-    ``failed`` (asv stored null: an error, a timeout, or a failed ``setup_cache`` or build).
+    ``cell`` is the combination's :func:`cell_label`, ``axes`` the benchmark's number of
+    parameters. ``status`` is ``ok``, ``skipped`` (asv stored NaN: ``NotImplementedError`` in
+    ``setup``) or ``failed`` (asv stored null: an error, a timeout, or a failed ``setup_cache`` or
+    build).
     """
     rows = []
     for res in side.results:
@@ -215,14 +223,15 @@ def tidy_results(side: Side) -> pd.DataFrame:
             for combo, value, samp, st in zip(combos, values, samples, stats_):
                 status = "failed" if value is None else "skipped" if value != value else "ok"
                 rows.append({
-                    "benchmark": key, "params": ", ".join(combo), "env": res.env_name, "status": status,
+                    "benchmark": key, "cell": cell_label(", ".join(combo)), "axes": len(params),
+                    "env": res.env_name, "status": status,
                     "version": res.benchmark_version.get(key),
                     "value": np.nan if value is None else float(value),
                     "samples": None if samp is None else [float(s) for s in samp],
                     "ci_99_a": np.nan if not st else float(st.get("ci_99_a", np.nan)),
                     "ci_99_b": np.nan if not st else float(st.get("ci_99_b", np.nan)),
                 })
-    return pd.DataFrame(rows, columns=["benchmark", "params", "env", "status", "version", "value", "samples",
+    return pd.DataFrame(rows, columns=["benchmark", "cell", "axes", "env", "status", "version", "value", "samples",
                                        "ci_99_a", "ci_99_b"])
 
 
@@ -297,6 +306,13 @@ def compare_pair(before, after, kind: str, *, level: float = LEVEL, seed: int = 
     return out
 
 
+def _bridged(r) -> str:
+    """The ``reason`` of a cell compared across a change of its benchmark's parameters, else ``""``."""
+    if r.axes_b == r.axes_a:
+        return ""
+    return f"{BRIDGED} across a change of the benchmark's parameters ({int(r.axes_b)} -> {int(r.axes_a)})"
+
+
 def compare_results(before: pd.DataFrame, after: pd.DataFrame, *, alpha: float = ALPHA, factor: float | None = None,
                     level: float = LEVEL, thresholds: dict[str, float] | None = None) -> pd.DataFrame:
     """Compare two :func:`tidy_results` frames; see the module docstring for tests and verdicts.
@@ -309,14 +325,14 @@ def compare_results(before: pd.DataFrame, after: pd.DataFrame, *, alpha: float =
     if factor is not None and factor < 1:
         raise ValueError(f"factor must be >= 1, got {factor!r}")
     thresholds = DEFAULT_THRESHOLDS if thresholds is None else thresholds
-    merged = before.merge(after, on=["benchmark", "params", "env"], suffixes=("_b", "_a"), how="outer",
+    merged = before.merge(after, on=["benchmark", "cell", "env"], suffixes=("_b", "_a"), how="outer",
                           indicator="side")
     rows = []
     with warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore", RuntimeWarning)
         for r in merged.itertuples(index=False):
             kind = benchmark_kind(r.benchmark)
-            row = {"benchmark": r.benchmark, "params": r.params, "env": r.env, "kind": kind,
+            row = {"benchmark": r.benchmark, "cell": r.cell, "env": r.env, "kind": kind,
                    "family": benchmark_family(r.benchmark),
                    "factor": factor if factor is not None else 1.0 + threshold_for(r.benchmark, thresholds),
                    "reason": ""}
@@ -325,7 +341,8 @@ def compare_results(before: pd.DataFrame, after: pd.DataFrame, *, alpha: float =
                 side = "before" if r.side == "left_only" else "after"
                 row.update(before=r.value_b, after=r.value_a, test="none", p_value=np.nan, verdict="skipped",
                            reason=f"benchmarked {side} only (added or removed)")
-            elif r.version_b is not None and r.version_a is not None and r.version_b != r.version_a:
+            elif (r.version_b is not None and r.version_a is not None and r.version_b != r.version_a
+                  and r.axes_b == r.axes_a):
                 row.update(before=r.value_b, after=r.value_a, test="none", p_value=np.nan, verdict="skipped",
                            reason="the benchmark's code changed between the sides (asv version differs): not comparable")
             elif "failed" in (r.status_b, r.status_a):
@@ -337,12 +354,13 @@ def compare_results(before: pd.DataFrame, after: pd.DataFrame, *, alpha: float =
                 row.update(before=r.value_b, after=r.value_a, test="none", p_value=np.nan, verdict="skipped",
                            reason=f"skipped {' and '.join(sides)} (NotImplementedError in setup: does not apply)")
             elif sb is not None and sa is not None and len(sb) >= 2 and len(sa) >= 2:
-                row.update(compare_pair(sb, sa, kind, level=level))
+                row.update(compare_pair(sb, sa, kind, level=level), reason=_bridged(r))
             else:
                 row.update(before=r.value_b, before_ci_low=r.ci_99_a_b, before_ci_high=r.ci_99_b_b,
                            after=r.value_a, after_ci_low=r.ci_99_a_a, after_ci_high=r.ci_99_b_a,
                            ratio=r.value_a / r.value_b if r.value_b else (1.0 if r.value_a == 0 else np.inf),
-                           test="ci-overlap", p_value=np.nan, n_before=len(sb or []), n_after=len(sa or []))
+                           test="ci-overlap", p_value=np.nan, n_before=len(sb or []), n_after=len(sa or []),
+                           reason=_bridged(r))
             rows.append(row)
     df = pd.DataFrame(rows, columns=COMPARE_COLUMNS)
     tested = df["p_value"].notna()
@@ -365,7 +383,7 @@ def compare_results(before: pd.DataFrame, after: pd.DataFrame, *, alpha: float =
         else:
             verdicts.append("unchanged")
     df["verdict"] = verdicts
-    return df.sort_values(["benchmark", "params", "env"], kind="stable").reset_index(drop=True)
+    return df.sort_values(["benchmark", "cell", "env"], kind="stable").reset_index(drop=True)
 
 
 def compare(before: str, after: str, *, results_dir: str | None = None, machine: str | None = None,
@@ -374,7 +392,7 @@ def compare(before: str, after: str, *, results_dir: str | None = None, machine:
     """Load both sides (:func:`load_side`) and compare them (:func:`compare_results`)."""
     b = tidy_results(load_side(before, results_dir=results_dir, machine=machine, repo=repo))
     a = tidy_results(load_side(after, results_dir=results_dir, machine=machine, repo=repo))
-    common = b.merge(a, on=["benchmark", "params", "env"])
+    common = b.merge(a, on=["benchmark", "cell", "env"])
     if common.empty:
         raise ValueError(f"{before} and {after} have no benchmark (and environment) in common")
     return compare_results(b, a, alpha=alpha, factor=factor, level=level, thresholds=thresholds)
@@ -387,7 +405,8 @@ def verdict_counts(df: pd.DataFrame) -> dict[str, int]:
 
 
 def cell_label(params: str) -> str:
-    """``'gaussian-cos', 'reinforce', 10`` -> ``gaussian-cos, reinforce, 10``."""
+    """A cell's label, asv's parameter string without quotes: ``'gaussian-cos', 'reinforce', 10``
+    (three parameters) and ``'gaussian-cos, reinforce, 10'`` (one) are both ``gaussian-cos, reinforce, 10``."""
     return str(params).replace("'", "")
 
 
@@ -435,13 +454,17 @@ def comparison_markdown(df: pd.DataFrame, before: str, after: str, *, alpha: flo
              f"Verdicts at Benjamini-Hochberg FDR {alpha:g} over {int(df['p_value'].notna().sum())} tests, and a "
              f"ratio (after / before; lower is better) beyond the family's factor: {factor_summary(df)}. "
              f"Intervals {level:.0%}."]
+    bridged = int(df["reason"].str.startswith(BRIDGED).sum())
+    if bridged:
+        lines += ["", f"{bridged} cells were compared across a change of their benchmark's parameters (asv's "
+                  "benchmark versions differ): matched on the cell label, which reads the same on both sides."]
     header = ["benchmark", "cell", "before", "after", "ratio", "p adj."]
     for verdict in ("regressed", "improved"):
         sub = changed_rows(df, verdict)
         if sub.empty:
             continue
         lines += ["", f"## {verdict.capitalize()} ({len(sub)})", "",
-                  _table(header, [[f"`{short_name(r.benchmark)}`", cell_label(r.params),
+                  _table(header, [[f"`{short_name(r.benchmark)}`", r.cell,
                                    _with_interval(r.before, r.before_ci_low, r.before_ci_high),
                                    _with_interval(r.after, r.after_ci_low, r.after_ci_high),
                                    _with_interval(r.ratio, r.ratio_ci_low, r.ratio_ci_high),
@@ -452,7 +475,7 @@ def comparison_markdown(df: pd.DataFrame, before: str, after: str, *, alpha: flo
     if len(failed):
         lines += ["", f"## Failed ({len(failed)})", "",
                   _table(["benchmark", "cell", "why"],
-                         [[f"`{short_name(r.benchmark)}`", cell_label(r.params), r.reason] for r in failed.itertuples()])]
+                         [[f"`{short_name(r.benchmark)}`", r.cell, r.reason] for r in failed.itertuples()])]
     skipped = df[df["verdict"] == "skipped"]
     if len(skipped):
         lines += ["", f"## Skipped ({len(skipped)})", ""]
@@ -530,8 +553,8 @@ def forest_plot(df: pd.DataFrame, *, level: float = LEVEL, max_changed: int = 15
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_ylim(-0.7, len(g) - 0.3)
         ax.set_yticks(y)
-        ax.set_yticklabels([f"{cell_label(p)}" + ("" if len(set(g["benchmark"])) == 1 else f" ({short_name(b)})")
-                            for p, b in zip(g["params"], g["benchmark"])], fontsize=8)
+        ax.set_yticklabels([f"{c}" + ("" if len(set(g["benchmark"])) == 1 else f" ({short_name(b)})")
+                            for c, b in zip(g["cell"], g["benchmark"])], fontsize=8)
         ax.set_title(f"{fam}: " + ", ".join(f"`{short_name(b)}`" for b in dict.fromkeys(g["benchmark"])).replace("`", ""),
                      fontsize=10, loc="left")
         ax.grid(True, axis="x", which="major", alpha=0.3)
@@ -586,10 +609,10 @@ def run_compare(args: argparse.Namespace) -> int:
           + f" (Benjamini-Hochberg FDR {args.alpha:g}; factors: {factor_summary(df)})")
     for verdict in ("regressed", "improved"):
         for r in changed_rows(df, verdict).itertuples():
-            print(f"  {r.verdict:9s} {r.benchmark}({r.params}) ratio {_with_interval(r.ratio, r.ratio_ci_low, r.ratio_ci_high)}"
+            print(f"  {r.verdict:9s} {r.benchmark}({r.cell}) ratio {_with_interval(r.ratio, r.ratio_ci_low, r.ratio_ci_high)}"
                   f" p_adj={fmt(r.p_adjusted, 2)}")
     for r in df[df["verdict"] == "failed"].itertuples():
-        print(f"  failed    {r.benchmark}({r.params}): {r.reason}")
+        print(f"  failed    {r.benchmark}({r.cell}): {r.reason}")
     print("wrote " + ", ".join(written))
     return 1 if args.fail_on_regression and counts["regressed"] else 0
 

@@ -3,7 +3,9 @@ r"""The history of benchmark quantities over a range of commits, and the commits
 ``gradnoise history [RANGE] --out-dir DIR`` reads the asv results of each commit through asv's
 API (:mod:`asv.results`) and writes
 
-* ``history.csv``: one row per commit x benchmark x parameter combination x asv environment:
+* ``history.csv``: one row per commit x benchmark x cell x asv environment (a cell is matched
+  across commits on its label, :func:`~gradnoise.analysis.compare.cell_label`, whatever the
+  benchmark's parameter layout at each commit):
   ``commit, date, subject, env, benchmark, cell, status, value, ci_low, ci_high``. ``value`` is
   what asv stores (the median of the samples), ``ci_low``/``ci_high`` asv's 99% interval of it;
   ``status`` is ``ok``, ``skipped`` (asv: the benchmark does not apply), ``failed`` (asv stored no
@@ -121,11 +123,12 @@ def load_history(range_spec: str | None = None, *, results_dir: str | None = Non
                 params = res.get_result_params(key)
                 values = res.get_result_value(key, params)
                 stats_ = res.get_result_stats(key, params)
-                combos = [", ".join(c) for c in itertools.product(*params)] if params else [""]
-                for cell, value, st in zip(combos, values, stats_):
+                # matched on the label across commits, whatever the benchmark's parameter layout
+                labels = [cell_label(", ".join(c)) for c in itertools.product(*params)] if params else [""]
+                for cell, value, st in zip(labels, values, stats_):
                     cells[(key, cell, res.env_name)] = None
                     status = "failed" if value is None else "skipped" if value != value else "ok"
-                    rows.append({"commit": commit, "env": res.env_name, "benchmark": key, "cell": cell_label(cell),
+                    rows.append({"commit": commit, "env": res.env_name, "benchmark": key, "cell": cell,
                                  "status": status, "value": np.nan if value is None else float(value),
                                  "ci_low": np.nan if not st else float(st.get("ci_99_a", np.nan)),
                                  "ci_high": np.nan if not st else float(st.get("ci_99_b", np.nan))})
@@ -134,7 +137,7 @@ def load_history(range_spec: str | None = None, *, results_dir: str | None = Non
                                                                   " the tracked quality families; use --bench"))
     df = pd.DataFrame(rows, columns=[c for c in HISTORY_COLUMNS if c not in ("date", "subject")])
     # every selected cell at every commit: commits without results (or without this cell) are gaps
-    full = pd.MultiIndex.from_tuples([(c, e, b, cell_label(k)) for c in commits for (b, k, e) in cells],
+    full = pd.MultiIndex.from_tuples([(c, e, b, k) for c in commits for (b, k, e) in cells],
                                      names=["commit", "env", "benchmark", "cell"])
     df = df.set_index(["commit", "env", "benchmark", "cell"]).reindex(full).reset_index()
     df["status"] = df["status"].fillna("missing")

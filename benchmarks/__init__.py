@@ -12,8 +12,10 @@ One class per question (scipy style):
   with a confidence interval and ``asv compare``/``asv continuous`` can test significance.
 
 The grids are: a fixed list of fast problems (:data:`benchmarks.common.PROBLEMS`) x every
-estimator registered in the installed package x budgets N. Combinations an estimator cannot run
-(pathwise on ``bernoulli-toy``, leave-one-out at N=1, IWAE on a plain expectation) raise
-``NotImplementedError`` in ``setup``, which asv records as skipped. Only the installed package is
-imported (``import gradnoise``); see docs/benchmarks.md.
+estimator registered in the installed package x budgets N, as one asv parameter ``cell`` that
+lists only the combinations the installed commit can run (:data:`benchmarks.common.CELLS`,
+labelled ``"problem, estimator, N"``); those an estimator cannot run (pathwise on
+``bernoulli-toy``, leave-one-out at N=1, IWAE on a plain expectation) are not benchmarked, so
+asv starts no process for them. Only the installed package is imported (``import gradnoise``);
+see docs/benchmarks.md.
 """

@@ -3,12 +3,24 @@
 A *cell* is (problem, estimator, budget N), as in :mod:`gradnoise.engine`. :func:`cell` builds
 one from names and turns every reason it cannot run in the installed commit (a pathwise
 estimator on a discrete problem, N below the estimator's minimum, a model-only estimator on a
-plain expectation, a name this commit does not register) into ``NotImplementedError``, which asv
-records as "skipped" rather than "failed".
+plain expectation, a name this commit does not register) into ``NotImplementedError``.
+
+The grid benchmarks take one asv parameter, ``cell``, whose values are the labels of
+:data:`CELLS`: ``"problem, estimator, N"`` for each cell of ``PROBLEMS x ESTIMATORS x BUDGETS``
+that can run, decided at import by :func:`cell` in the installed commit. asv runs every value of
+a parameter in its own process, skipped or not; listing only the cells that run, instead of the
+product with the impossible combinations skipped in ``setup``, saves those processes. A label
+reads like the ``'problem', 'estimator', N`` of the product it replaced, so ``gradnoise compare``
+and ``gradnoise history`` match a cell across the change (``gradnoise.analysis.compare.cell_label``).
+
+Importing this module builds and validates the problems (:func:`problem`, cached): asv's
+forkserver imports the suite once and forks a process per benchmark and cell, each inheriting
+them instead of building them again. No truth is computed at import.
 """
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Callable
@@ -37,11 +49,6 @@ SEED = 0
 BATCHES = 10
 #: Estimates per batch.
 REPLICATES = 200
-#: Family-wise error rate of the bias track over one run of the whole suite.
-BIAS_ALPHA = 0.01
-#: Bonferroni threshold on |z| over every batch of every cell of the grid (m = cells x batches):
-#: an unbiased estimator exceeds it in some batch of some cell with probability <= BIAS_ALPHA.
-BIAS_Z_THRESHOLD = float(stats.norm.isf(BIAS_ALPHA / (2 * len(PROBLEMS) * len(ESTIMATORS) * len(BUDGETS) * BATCHES)))
 
 
 def bias_excess(abs_z: float) -> float:
@@ -51,7 +58,7 @@ def bias_excess(abs_z: float) -> float:
     absolute value of a standard normal (or its Bonferroni z-equivalent), so the excess is 0 in
     every batch of the suite with probability at least :math:`1 - \alpha`; a bias :math:`b` of
     an estimator with standard deviation :math:`\sigma` makes :math:`|z| \approx \sqrt{R}\,|b|/\sigma`,
-    positive excess once :math:`|b|/\sigma > z^*/\sqrt{R}` (0.31 at R=200, 108 cells).
+    positive excess once :math:`|b|/\sigma > z^*/\sqrt{R}` (0.31 at R=200 and 106 cells).
     Unlike the raw :math:`|z|` (median 0.67 whatever the code), it moves only when an estimator
     is biased: 0 -> positive is a step that ``asv publish`` and ``asv compare`` report.
     """
@@ -64,14 +71,20 @@ torch.set_num_threads(1)
 
 @functools.lru_cache(maxsize=None)
 def problem(spec: str) -> gradnoise.Problem:
-    """The problem ``spec``, built once per process (so oracle truths are computed once)."""
+    """The problem ``spec``, built once per process (so oracle truths are computed once).
+
+    :data:`CELLS` builds (and validates) every problem of the grid at import, so the benchmark
+    processes asv forks from its forkserver inherit them; their truths are computed where first
+    asked for (``setup``, ``setup_cache``), never at import.
+    """
     if spec.partition(":")[0] not in gradnoise.problem_names():
         raise NotImplementedError(f"problem {spec!r} is not registered in this commit")
     return gradnoise.make_problem(spec)
 
 
 def cell(spec: str, name: str, n: int) -> tuple[gradnoise.Problem, gradnoise.GradientEstimator]:
-    """``(problem, estimator)`` of a cell that can run, else ``NotImplementedError`` (asv: skipped)."""
+    """``(problem, estimator)`` of a cell that can run, else ``NotImplementedError`` (not in :data:`CELLS`;
+    asv records it as skipped where a benchmark's ``setup`` raises it)."""
     if name.partition(":")[0] not in gradnoise.estimator_names():
         raise NotImplementedError(f"estimator {name!r} is not registered in this commit")
     prob, estimator = problem(spec), gradnoise.get_estimator(name)
@@ -80,6 +93,36 @@ def cell(spec: str, name: str, n: int) -> tuple[gradnoise.Problem, gradnoise.Gra
     except ValueError as err:     # EstimatorNotApplicable is a ValueError, as is N < min_budget
         raise NotImplementedError(str(err)) from None
     return prob, estimator
+
+
+def listed(spec: str, name: str, n: int) -> bool:
+    """Whether a cell joins the grid: it can run, or building it fails with an error that is not
+    ``NotImplementedError`` (listed, so that its benchmarks fail and show the error)."""
+    try:
+        cell(spec, name, n)
+    except NotImplementedError:
+        return False
+    except Exception:     # noqa: BLE001 -- reported by the cell's benchmarks, not by the import of the suite
+        return True
+    return True
+
+
+def label_of(*parts: object) -> str:
+    """A cell's asv parameter: ``label_of("gaussian-cos", "reinforce", 10)`` is ``"gaussian-cos, reinforce, 10"``."""
+    return ", ".join(map(str, parts))
+
+
+#: ``{label: (problem, estimator, N)}`` for every cell of the grid that can run (:func:`listed`),
+#: in the order of the product; its keys are the values of the ``cell`` parameter.
+CELLS: dict[str, tuple[str, str, int]] = {
+    label_of(*key): key for key in itertools.product(PROBLEMS, ESTIMATORS, BUDGETS) if listed(*key)}
+
+#: Family-wise error rate of the bias track over one run of the whole suite.
+BIAS_ALPHA = 0.01
+#: Bonferroni threshold on |z| over every batch of every cell of the suite (m = cells that run x
+#: batches, not the product of the grid's axes): an unbiased estimator exceeds it in some batch of
+#: some cell with probability <= BIAS_ALPHA.
+BIAS_Z_THRESHOLD = float(stats.norm.isf(BIAS_ALPHA / (2 * len(CELLS) * BATCHES)))
 
 
 def seed_torch(prob: gradnoise.Problem, estimator: gradnoise.GradientEstimator, n: int) -> None:

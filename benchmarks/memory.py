@@ -2,7 +2,14 @@
 from __future__ import annotations
 
 import gradnoise
-from .common import ESTIMATORS, cell
+from .common import ESTIMATORS, cell, label_of, listed
+
+#: ``{problem: (R, N)}``: replicates and budget of the measurement on each problem.
+SIZES = {"gaussian-cos": (10_000, 1_000), "linear-gaussian-vae": (1_000, 100)}
+#: ``{"problem, estimator": (problem, estimator)}`` for every estimator that can run on a problem
+#: of :data:`SIZES` at its N (:func:`benchmarks.common.listed`): the values of the ``cell`` parameter.
+CELLS = {label_of(spec, name): (spec, name) for spec, (_, n) in SIZES.items() for name in ESTIMATORS
+         if listed(spec, name, n)}
 
 
 class PeakmemVarianceMeasurement:
@@ -14,14 +21,14 @@ class PeakmemVarianceMeasurement:
     The process's peak includes importing torch and ``setup`` (the truth is computed there).
     """
 
-    params = (("gaussian-cos", "linear-gaussian-vae"), ESTIMATORS)
-    param_names = ["problem", "estimator"]
-    sizes = {"gaussian-cos": (10_000, 1_000), "linear-gaussian-vae": (1_000, 100)}
+    params = [list(CELLS)]
+    param_names = ["cell"]
 
-    def setup(self, problem, estimator):
-        self.replicates, self.n = self.sizes[problem]
-        self.problem, self.estimator = cell(problem, estimator, self.n)
+    def setup(self, label):
+        spec, name = CELLS[label]
+        self.replicates, self.n = SIZES[spec]
+        self.problem, self.estimator = cell(spec, name, self.n)
         self.problem.true_gradient(self.estimator.objective(self.n))
 
-    def peakmem_variance_measurement(self, problem, estimator):
+    def peakmem_variance_measurement(self, label):
         gradnoise.measure_cell(self.problem, self.estimator, self.n, self.replicates, 0)

@@ -9,23 +9,19 @@ test instead of comparing two numbers. Batch ``b`` of a cell uses the engine's s
 changes no other cell, and a change that only draws random numbers differently moves a statistic
 by its sampling noise, which the test allows for.
 
-All cells are measured once per run, in ``setup_cache`` (shared by the four classes); ``setup``
-picks the cell, skipping (``NotImplementedError``) combinations that cannot run.
+All cells are measured once per run, in ``setup_cache`` (shared by the four classes); one asv
+parameter, ``cell``, lists the cells that can run (:data:`benchmarks.common.CELLS`), and
+``setup`` picks the cell's batches. A cell whose measurement raised fails its benchmarks.
 """
 from __future__ import annotations
 
-import itertools
-
 import gradnoise
-from .common import BATCHES, BUDGETS, ESTIMATORS, PROBLEMS, REPLICATES, TRACKS, Track, cell, summary
+from .common import BATCHES, CELLS, REPLICATES, TRACKS, Track, cell, summary
 
 def batch_statistics(spec: str, name: str, n: int) -> dict:
-    """``{statistic: [one value per batch]}`` for a cell, ``{"skip": why}`` or ``{"error": what}``."""
+    """``{statistic: [one value per batch]}`` for a cell of :data:`CELLS`, or ``{"error": what}``."""
     try:
         problem, estimator = cell(spec, name, n)
-    except NotImplementedError as why:
-        return {"skip": str(why)}
-    try:
         rows = [summary(gradnoise.measure_cell(problem, estimator, n, REPLICATES, seed=b))
                 for b in range(BATCHES)]
     except Exception as err:   # reported by this cell's benchmarks, not by every cell's
@@ -34,20 +30,18 @@ def batch_statistics(spec: str, name: str, n: int) -> dict:
 
 
 class _Quality:
-    params = (PROBLEMS, ESTIMATORS, BUDGETS)
-    param_names = ["problem", "estimator", "N"]
+    params = [list(CELLS)]
+    param_names = ["cell"]
 
     def setup_cache(self):
-        return {key: batch_statistics(*key) for key in itertools.product(*self.params)}
+        return {label: batch_statistics(*key) for label, key in CELLS.items()}
 
     setup_cache.timeout = 1200
 
-    def setup(self, cache, problem, estimator, n):
-        self.cell = cache[(problem, estimator, n)]
-        if "skip" in self.cell:
-            raise NotImplementedError(self.cell["skip"])
+    def setup(self, cache, label):
+        self.cell = cache[label]
         if "error" in self.cell:
-            raise RuntimeError(f"{problem} x {estimator} x N={n}: {self.cell['error']}")
+            raise RuntimeError(f"{label}: {self.cell['error']}")
 
     def samples(self, statistic: str) -> dict:
         return {"samples": self.cell[statistic], "number": 1}
@@ -55,7 +49,7 @@ class _Quality:
 
 def _track_class(statistic: str, track: Track) -> type:
     """``track.asv_class`` with one method ``track_<statistic>`` returning the batch samples."""
-    def method(self, cache, problem, estimator, n):
+    def method(self, cache, label):
         return self.samples(statistic)
 
     method.__name__ = method.__qualname__ = f"track_{statistic}"

@@ -1,5 +1,8 @@
 """Runtime: one gradient estimate, and one full variance measurement, per cell.
 
+One asv parameter, ``cell``: the labels ``"problem, estimator, N"`` of the cells that can run
+(:data:`benchmarks.common.CELLS`).
+
 Timed in CPU seconds of the benchmark process (``timer = time.process_time``), not wall-clock
 seconds: with one torch thread (``benchmarks/common.py``) that is the estimator's own work, and
 other processes on a shared machine, which stretch wall-clock time by up to 3x between two runs
@@ -11,7 +14,7 @@ from __future__ import annotations
 import time
 
 import gradnoise
-from .common import BUDGETS, ESTIMATORS, PROBLEMS, cell, seed_torch
+from .common import CELLS, cell, seed_torch
 
 
 class TimeOneEstimate:
@@ -21,17 +24,18 @@ class TimeOneEstimate:
     baseline's warm-up, the optimal baseline's pilot batch) and estimate, one backward pass.
     """
 
-    params = (PROBLEMS, ESTIMATORS, BUDGETS)
-    param_names = ["problem", "estimator", "N"]
+    params = [list(CELLS)]
+    param_names = ["cell"]
     timer = time.process_time
 
-    def setup(self, problem, estimator, n):
-        self.problem, self.estimator = cell(problem, estimator, n)
+    def setup(self, label):
+        spec, name, self.n = CELLS[label]
+        self.problem, self.estimator = cell(spec, name, self.n)
         self.leaves = gradnoise.replicate(self.problem.params, (1,))
-        seed_torch(self.problem, self.estimator, n)
+        seed_torch(self.problem, self.estimator, self.n)
 
-    def time_one_estimate(self, problem, estimator, n):
-        self.estimator(self.problem, self.leaves, n)
+    def time_one_estimate(self, label):
+        self.estimator(self.problem, self.leaves, self.n)
 
 
 class TimeVarianceMeasurement:
@@ -41,14 +45,15 @@ class TimeVarianceMeasurement:
     summarised against the truth); the truth itself is computed in ``setup``, not timed.
     """
 
-    params = (PROBLEMS, ESTIMATORS, BUDGETS)
-    param_names = ["problem", "estimator", "N"]
+    params = [list(CELLS)]
+    param_names = ["cell"]
     replicates = 1000
     timer = time.process_time
 
-    def setup(self, problem, estimator, n):
-        self.problem, self.estimator = cell(problem, estimator, n)
-        self.problem.true_gradient(self.estimator.objective(n))
+    def setup(self, label):
+        spec, name, self.n = CELLS[label]
+        self.problem, self.estimator = cell(spec, name, self.n)
+        self.problem.true_gradient(self.estimator.objective(self.n))
 
-    def time_variance_measurement(self, problem, estimator, n):
-        gradnoise.measure_cell(self.problem, self.estimator, n, self.replicates, 0)
+    def time_variance_measurement(self, label):
+        gradnoise.measure_cell(self.problem, self.estimator, self.n, self.replicates, 0)

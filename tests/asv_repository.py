@@ -161,4 +161,5 @@ def asv_repository(tmp_path_factory) -> AsvRepository:
     return out
 
 
-CELL = re.compile(r"\('(?P<problem>[^']+)', '(?P<estimator>[^']+)', (?P<n>\d+)\)$")
+#: A grid cell in an asv benchmark name: ``...track_variance('bernoulli-toy, reinforce-loo, 10')``.
+CELL = re.compile(r"\('(?P<problem>[^,']+), (?P<estimator>[^,']+), (?P<n>\d+)'\)$")

@@ -13,7 +13,7 @@ from asv.runner import BenchmarkResult
 from scipy import stats
 
 from gradnoise.analysis.cli import main
-from gradnoise.analysis.compare import compare, compare_pair, load_side
+from gradnoise.analysis.compare import compare, compare_pair, comparison_markdown, load_side
 
 MACHINE = "testbox"
 ENV = "virtualenv-py3.11"
@@ -83,7 +83,7 @@ def test_rerun_of_the_same_code_reports_nothing_changed(results_dir):
 
 def test_doubled_variance_is_regressed_and_nothing_else(results_dir):
     df = compare(BEFORE[:8], AFTER[:6], results_dir=results_dir)       # hash prefixes work
-    hit = (df["benchmark"] == "quality.Variance.track_variance") & (df["params"] == "'reinforce-loo', 100")
+    hit = (df["benchmark"] == "quality.Variance.track_variance") & (df["cell"] == "reinforce-loo, 100")
     row = df[hit].iloc[0]
     assert row["verdict"] == "regressed" and row["test"] == "welch-t-log"
     assert row["ratio"] > 1 and row["p_adjusted"] < 0.05
@@ -168,14 +168,14 @@ def test_skipped_cells_are_skipped_and_only_errors_are_failed(tmp_path):
     _write(root, AFTER, "quality.Variance.track_variance", [True, nan, None, True, None, True],
            [ok[0], None, None, ok[3], None, ok[5]])
     df = compare(BEFORE, AFTER, results_dir=root)
-    assert dict(zip(df["params"], df["verdict"])) == {
-            "'reinforce', 1": "unchanged", "'reinforce', 100": "skipped", "'reinforce-loo', 1": "failed",
-            "'reinforce-loo', 100": "failed", "'reparam', 1": "failed", "'reparam', 100": "unchanged"}
-    reasons = dict(zip(df["params"], df["reason"]))
-    assert reasons["'reinforce-loo', 1"].startswith("failed after")
-    assert reasons["'reinforce-loo', 100"].startswith("failed before")
-    assert reasons["'reparam', 1"].startswith("failed after")
-    assert "NotImplementedError" in reasons["'reinforce', 100"]
+    assert dict(zip(df["cell"], df["verdict"])) == {
+            "reinforce, 1": "unchanged", "reinforce, 100": "skipped", "reinforce-loo, 1": "failed",
+            "reinforce-loo, 100": "failed", "reparam, 1": "failed", "reparam, 100": "unchanged"}
+    reasons = dict(zip(df["cell"], df["reason"]))
+    assert reasons["reinforce-loo, 1"].startswith("failed after")
+    assert reasons["reinforce-loo, 100"].startswith("failed before")
+    assert reasons["reparam, 1"].startswith("failed after")
+    assert "NotImplementedError" in reasons["reinforce, 100"]
 
 
 def test_cells_on_one_side_only_are_skipped_not_failed(tmp_path):
@@ -238,6 +238,34 @@ def test_a_changed_benchmark_is_not_compared(tmp_path):
            version="2")
     df = compare(BEFORE, AFTER, results_dir=root)
     assert (df["verdict"] == "skipped").all() and df["reason"].str.contains("not comparable").all()
+
+
+def test_cells_are_matched_on_their_label_across_a_change_of_parameters(tmp_path):
+    """BEFORE: the estimator x N product with a skipped combination; AFTER: one ``cell`` parameter
+    listing the combinations that run (its code, hence asv's version, changed with it)."""
+    root = str(tmp_path / "results")
+    rng = np.random.default_rng(7)
+    variances = [batch_variances(rng, 1.0) for _ in range(6)]
+    nan = float("nan")
+    _write(root, BEFORE, "quality.Variance.track_variance", [True, True, nan, True, True, True],
+           [variances[0], variances[1], None, variances[3], variances[4], variances[5]])
+    labels = ["'reinforce, 1'", "'reinforce, 100'", "'reinforce-loo, 100'", "'reparam, 1'", "'reparam, 100'"]
+    after = [variances[0], variances[1], variances[3], [2 * v for v in variances[4]], variances[5]]
+    res = asv_results.Results({"machine": MACHINE, "python": "3.11"}, {}, AFTER, 0, "3.11", ENV, {})
+    res.add_result({"name": "quality.Variance.track_variance", "version": "2", "params": [labels]},
+                   BenchmarkResult(result=[True] * 5, samples=after, number=[1] * 5, errcode=0, stderr="",
+                                   profile=None),
+                   record_samples=True)
+    res.save(root)
+    df = compare(BEFORE, AFTER, results_dir=root)
+    assert dict(zip(df["cell"], df["verdict"])) == {
+        "reinforce, 1": "unchanged", "reinforce, 100": "unchanged", "reinforce-loo, 1": "skipped",
+        "reinforce-loo, 100": "unchanged", "reparam, 1": "regressed", "reparam, 100": "unchanged"}
+    reasons = dict(zip(df["cell"], df["reason"]))
+    assert reasons["reinforce-loo, 1"].startswith("benchmarked before only")
+    assert reasons["reinforce, 1"] == "compared on the cell label across a change of the benchmark's parameters (2 -> 1)"
+    text = comparison_markdown(df, BEFORE, AFTER)
+    assert "5 cells were compared across a change of their benchmark's parameters" in text
 
 
 def test_cli_output_paths_are_checked_before_reading_results(results_dir, tmp_path, capsys):

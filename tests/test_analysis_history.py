@@ -32,14 +32,14 @@ def _git(repo, *args):
     return subprocess.run(["git", *who, *args], cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
 
 
-def _save(results_dir, commit, values, rng):
+def _save(results_dir, commit, values, rng, params=(CELLS,)):
     os.makedirs(os.path.join(results_dir, MACHINE), exist_ok=True)
     asv_util.write_json(os.path.join(results_dir, MACHINE, "machine.json"), {"machine": MACHINE, "version": 1},
                         Machine.api_version)
     res = asv_results.Results({"machine": MACHINE, "python": "3.11"}, {}, commit, 0, "3.11", ENV, {})
     samples = [None if v is None or v != v else list(v * np.exp(rng.normal(0, 0.02, 10))) for v in values]
     result = [True if s is not None else v for s, v in zip(samples, values)]
-    res.add_result({"name": NAME, "version": "1", "params": [CELLS]},
+    res.add_result({"name": NAME, "version": "1", "params": list(params)},
                    BenchmarkResult(result=result, samples=samples, number=[1] * len(values), errcode=0, stderr="",
                                    profile=None),
                    record_samples=True)
@@ -105,6 +105,30 @@ def test_cli_writes_the_report_with_gaps_and_figure(history_repo, tmp_path, caps
     with Image.open(out / "history-track_variance.png") as im:
         assert im.width >= 600 and im.height >= 300
     assert "2 steps" in capsys.readouterr().out
+
+
+def test_a_cell_is_one_series_across_a_change_of_parameters(tmp_path):
+    """c0 stores the product ``(problem, N)`` with a skipped combination, c1 and c2 one ``cell``
+    parameter listing the combinations that run: a cell's label, not asv's parameter string, names
+    its series, so a step at c2 is found across the change."""
+    repo, results_dir = tmp_path / "repo", str(tmp_path / "results")
+    repo.mkdir()
+    _git(repo, "init", "-q", "-b", "main")
+    commits = []
+    for i in range(3):
+        _git(repo, "commit", "-q", "--allow-empty", "-m", f"change {i}")
+        commits.append(_git(repo, "rev-parse", "HEAD"))
+    rng = np.random.default_rng(1)
+    _save(results_dir, commits[0], [10.0, 3.0, float("nan")], rng, params=[["'a'"], ["1", "10", "100"]])
+    for commit, value in zip(commits[1:], (10.0, 40.0)):
+        _save(results_dir, commit, [value, 3.0], rng, params=[["'a, 1'", "'a, 10'"]])
+    h = load_history("main", results_dir=results_dir, repo=str(repo))
+    assert len(h) == 3 * 3 and not h.duplicated(["commit", "cell"]).any()
+    status = h.pivot(index="commit", columns="cell", values="status").loc[commits]
+    assert list(status["a, 1"]) == ["ok", "ok", "ok"]
+    assert list(status["a, 100"]) == ["skipped", "missing", "missing"]
+    steps = detect_history_steps(h, THRESHOLDS)
+    assert [(r.cell, r.commit) for r in steps.itertuples()] == [("a, 1", commits[2])]
 
 
 def test_cli_errors_are_one_line(history_repo, tmp_path, capsys):

@@ -2,8 +2,8 @@
 
 Expected verdicts are derived from the commits themselves, not from another implementation:
 ``good`` and ``comment`` run the same code with the same cell-derived seeds, so every quality
-track is bitwise equal; ``broken`` changes only ``reinforce-loo``; the cells asv skipped are the
-NaN entries of its results files, read here as plain JSON.
+track is bitwise equal; ``broken`` changes only ``reinforce-loo``; the benchmarks list only cells
+that run, so asv stores no NaN (skipped) entry in its results files, read here as plain JSON.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from PIL import Image
 from gradnoise.analysis.cli import main
 from gradnoise.analysis.compare import compare, comparison_markdown
 from gradnoise.analysis.history import detect_history_steps, load_history
-from asv_repository import CELL, MACHINE
+from asv_repository import MACHINE
 
 pytestmark = pytest.mark.slow
 
@@ -44,21 +44,19 @@ def _stored_nan_cells(asv_repository, commit: str) -> int:
 
 
 def _cells(df):
-    return {(m["problem"], m["estimator"], int(m["n"]))
-            for m in (CELL.search(f"({p})") for p in df["params"])}
+    return {(p, e, int(n)) for p, e, n in df["cell"].str.split(", ")}
 
 
-def test_self_comparison_reports_nothing_and_skips_as_skipped(asv_repository):
+def test_self_comparison_reports_nothing_and_skips_nothing(asv_repository):
     df = _compare(asv_repository, "good", "good")
-    counts = df["verdict"].value_counts().to_dict()
-    assert counts.get("regressed", 0) == counts.get("improved", 0) == counts.get("failed", 0) == 0
-    assert counts["skipped"] == _stored_nan_cells(asv_repository, asv_repository.commits["good"]) > 0
-    assert (df.loc[df["verdict"] == "skipped", "reason"].str.contains("NotImplementedError")).all()
+    assert set(df["verdict"]) == {"unchanged"}
+    assert _stored_nan_cells(asv_repository, asv_repository.commits["good"]) == 0   # every listed cell ran
+    assert ("bernoulli-toy", "reparam", 10) not in _cells(df)                       # pathwise on a discrete problem
 
 
 def test_comment_only_commit_has_zero_false_alarms_at_the_defaults(asv_repository):
     df = _compare(asv_repository, "good", "comment")
-    assert set(df["verdict"]) == {"unchanged", "skipped"}
+    assert set(df["verdict"]) == {"unchanged"}
     tested = df[df["verdict"] == "unchanged"]
     assert (tested["ratio"] == 1.0).all()                 # same code, same seeds: bitwise equal tracks
 
@@ -131,4 +129,4 @@ def test_markdown_of_a_self_comparison_says_so(asv_repository):
     df = _compare(asv_repository, "good", "good")
     text = comparison_markdown(df, "good", "good")
     assert text.splitlines()[2].startswith("**0 regressed · 0 improved · ")
-    assert "## Regressed" not in text and "## Skipped" in text
+    assert "## Regressed" not in text and "## Skipped" not in text

@@ -67,10 +67,9 @@ def test_bias_excess_is_zero_for_unbiased_and_positive_for_biased_batches():
     """|z| of unbiased batches, as many as the suite has, never crosses the threshold; a bias does."""
     from scipy import stats
 
-    from benchmarks.common import BATCHES, BIAS_ALPHA, BIAS_Z_THRESHOLD, REPLICATES, bias_excess
-    from benchmarks.common import BUDGETS, ESTIMATORS, PROBLEMS
+    from benchmarks.common import BATCHES, BIAS_ALPHA, BIAS_Z_THRESHOLD, CELLS, REPLICATES, bias_excess
 
-    m = len(PROBLEMS) * len(ESTIMATORS) * len(BUDGETS) * BATCHES
+    m = len(CELLS) * BATCHES                                  # the cells that run, not the grid's product
     assert 2 * m * stats.norm.sf(BIAS_Z_THRESHOLD) == pytest.approx(BIAS_ALPHA)
     rng = np.random.default_rng(0)
     unbiased = np.abs(rng.standard_normal((20, m)))          # 20 runs of the whole suite
@@ -78,6 +77,55 @@ def test_bias_excess_is_zero_for_unbiased_and_positive_for_biased_batches():
     assert (excess == 0).all(axis=1).sum() >= 19              # P(a false step in a run) <= 1%
     biased = np.abs(rng.normal(np.sqrt(REPLICATES) * 0.75, 1.0, m))  # bias of 3/4 standard deviation
     assert (np.vectorize(bias_excess)(biased) > 0).all()
+
+
+def test_grid_benchmarks_list_exactly_the_cells_that_run():
+    """One ``cell`` parameter: the product's combinations that ``cell`` accepts, labelled so that
+    ``cell_label`` reads asv's parameter string as it read the product's."""
+    import itertools
+
+    from asv_runner.benchmarks._base import _unique_param_ids
+
+    import benchmarks.memory as memory
+    import benchmarks.quality as quality
+    import benchmarks.timing as timing
+    from benchmarks.common import BUDGETS, CELLS, ESTIMATORS, PROBLEMS, cell, label_of
+    from gradnoise.analysis.compare import cell_label
+
+    runs = []
+    for key in itertools.product(PROBLEMS, ESTIMATORS, BUDGETS):
+        try:
+            cell(*key)
+        except NotImplementedError:
+            continue
+        runs.append(key)
+    assert list(CELLS.values()) == runs and 0 < len(runs) < len(PROBLEMS) * len(ESTIMATORS) * len(BUDGETS)
+    for label, key in CELLS.items():
+        assert label == label_of(*key)
+        product = ", ".join(map(repr, key))                   # asv's string of the old (problem, estimator, N)
+        (single,), = _unique_param_ids([[label]])              # ... and of the one cell parameter
+        assert cell_label(single) == cell_label(product) == label
+    for cls in (timing.TimeOneEstimate, timing.TimeVarianceMeasurement, quality.TrackVariance):
+        assert cls.params == [list(CELLS)] and cls.param_names == ["cell"]
+    assert memory.PeakmemVarianceMeasurement.params == [list(memory.CELLS)]
+    assert ("gaussian-cos, reparam" in memory.CELLS) and ("gaussian-cos, iwae" not in memory.CELLS)
+
+
+def test_a_cell_that_fails_to_build_is_listed_and_fails_its_benchmarks(monkeypatch):
+    """Not dropped as if it could not run: listed, its quality batches an error its setup raises."""
+    import benchmarks.common as common
+    import benchmarks.quality as quality
+
+    def broken(spec):
+        raise RuntimeError("cannot build")
+
+    monkeypatch.setattr(common, "problem", broken)
+    assert common.listed("gaussian-cos", "reinforce", 10)
+    assert not common.listed("gaussian-cos", "no-such-estimator", 10)
+    stats = quality.batch_statistics("gaussian-cos", "reinforce", 10)
+    assert stats == {"error": "RuntimeError: cannot build"}
+    with pytest.raises(RuntimeError, match="gaussian-cos, reinforce, 10: RuntimeError: cannot build"):
+        quality.TrackVariance().setup({"gaussian-cos, reinforce, 10": stats}, "gaussian-cos, reinforce, 10")
 
 
 # ------------------------------------------------------------------------------------------
@@ -106,17 +154,18 @@ def _asv_compare(asv_repository, before: str, after: str) -> dict[str, tuple[str
 @pytest.mark.slow
 def test_asv_flags_the_broken_baseline_and_nothing_else(asv_repository):
     table = _asv_compare(asv_repository, "comment", "broken")
-    worse = set()
+    worse, cells = set(), set()
     for name, (mark, before, after) in table.items():
         m = CELL.search(name)
         problem, estimator, n = m["problem"], m["estimator"], int(m["n"])
+        cells.add((problem, estimator, n))
         if mark == "+":
             worse.add((problem, estimator, n))
         if estimator != "reinforce-loo":
             # untouched: same code, same cell-derived seeds -> not flagged, nor failed
             assert mark == "", (name, mark, before, after)
-        elif n == 1:
-            assert before == after == "n/a", (name, before, after)         # LOO needs N >= 2
+        assert "n/a" not in (before, after), (name, before, after)       # only cells that run are listed
+    assert not {c for c in cells if c[1] == "reinforce-loo" and c[2] == 1}   # LOO needs N >= 2: no such cell
     assert MUST <= worse, sorted(MUST - worse)
     assert {e for _, e, _ in worse} == {"reinforce-loo"}
 
