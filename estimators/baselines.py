@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .base import Params, Problem, evaluate_cost, replicate, grad_of
+from .base import Params, Problem, evaluate_cost, grad_of, replicate, sample_detached
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,7 @@ class MovingAverage(Baseline):
     def _batch_cost(self, problem: Problem, params: Params, n: int) -> Tensor:
         with torch.no_grad():
             dist = problem.distribution(params)
-            return evaluate_cost(problem, dist.sample((n,)), params)
+            return evaluate_cost(problem, sample_detached(dist, (n,)), params)
 
     def init(self, problem, params, n):
         state = self._batch_cost(problem, params, n).mean(0)
@@ -142,7 +142,7 @@ class OptimalConstant(Baseline):
         # per-sample scores: one leaf copy per pilot sample and replicate, shape (P, R, *shape)
         per_sample = replicate(params, (size,))
         dist = problem.distribution(per_sample)
-        x = dist.sample()
+        x = sample_detached(dist)
         scores = grad_of(dist.log_prob(x), per_sample)
         with torch.no_grad():
             f = evaluate_cost(problem, x, {k: v.detach() for k, v in params.items()})

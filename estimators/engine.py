@@ -128,6 +128,10 @@ def _check_counts(budget, replicates) -> None:
 BYTES_PER_ESTIMATE = 4 + 3 * 8
 
 
+#: cells whose estimates need less than this are not checked against ``MemAvailable``
+SMALL_CELL_BYTES = 2**26
+
+
 def available_memory() -> int | None:
     """Bytes the kernel says it can give without swapping (``MemAvailable``), None if unknown."""
     try:
@@ -148,6 +152,8 @@ def check_memory(problem: Problem, replicates: int) -> None:
     bounded by ``max_elements`` whatever R, so the estimates are what grows with R.
     """
     need = replicates * problem.param_numel() * BYTES_PER_ESTIMATE
+    if need < SMALL_CELL_BYTES:      # not worth reading /proc/meminfo (15 us, a small cell's 5%)
+        return
     have = available_memory()
     if have is not None and need > have:
         raise MemoryError(
@@ -205,14 +211,15 @@ def replicate_estimates(
             except NonFiniteCostError as err:
                 raise NonFiniteCostError(f"{where}: {err}") from None
             for name, g in grads.items():
-                if not all_finite(g):
-                    raise NonFiniteCostError(f"{where}: the gradient estimate of {name!r} is NaN or inf")
                 # one preallocated buffer per parameter: no per-chunk tensors left between the
                 # chunks' large temporaries, which would fragment the heap (RSS grew with R)
                 if name not in out:
                     out[name] = torch.empty((replicates, *g.shape[1:]), dtype=g.dtype, device=g.device)
                 out[name][first:first + g.shape[0]] = g.detach()
             del grads, params, state
+    for name, estimates in out.items():     # once per cell on the whole buffer, not once per chunk
+        if not all_finite(estimates):
+            raise NonFiniteCostError(f"{where}: the gradient estimate of {name!r} is NaN or inf")
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start

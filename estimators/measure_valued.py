@@ -58,6 +58,7 @@ from torch.distributions import Chi2, Independent, Normal, Weibull
 
 from .base import (
     EstimatorNotApplicable, GradientEstimator, Params, Problem, evaluate_cost, grad_of, replicate,
+    sample_detached,
 )
 from .registry import register_estimator
 
@@ -123,7 +124,7 @@ class MeasureValued(GradientEstimator):
         size = max(1, math.prod(event))
         loc, scale = normal.loc, normal.scale                       # (*L, *event)
         with torch.no_grad():
-            x = normal.sample((n,))                                 # (n, *L, *event)
+            x = sample_detached(normal, (n,))                       # (n, *L, *event)
             shape = x.shape[: 1 + len(lead)] + (size,)              # (n, *L, E)
             flat = x.reshape(shape)
             mu, sigma = loc.detach().reshape(shape[1:]), scale.detach().reshape(shape[1:])

@@ -15,9 +15,14 @@ when it is independent of the sample it multiplies (Williams 1992).
 """
 from __future__ import annotations
 
-from .base import GradientEstimator, Problem, evaluate_cost, grad_of
+from .base import GradientEstimator, Problem, evaluate_cost, grad_of, sample_detached
 from .baselines import Baseline, ControlVariate, LeaveOneOut, MovingAverage, OptimalConstant
 from .registry import register_estimator
+
+
+def _is_zero(value) -> bool:
+    """True for the plain number 0 (no baseline): ``f - 0`` is ``f`` bitwise, one pass saved."""
+    return isinstance(value, (int, float)) and value == 0
 
 
 class ScoreFunction(GradientEstimator):
@@ -39,12 +44,15 @@ class ScoreFunction(GradientEstimator):
 
     def estimate(self, problem: Problem, params, n, state):
         dist = problem.distribution(params)
-        x = dist.sample((n,))                     # (n, R, *event), no gradient path
+        x = sample_detached(dist, (n,))           # (n, R, *event), no gradient path
         log_q = dist.log_prob(x)                  # (n, R)
         f = evaluate_cost(problem, x, params)     # (n, R); direct dependence on params kept
         cv = self.baseline.value(state, f.detach()) if self.baseline else ControlVariate()
-        g = grad_of(((f.detach() - cv.per_sample) * log_q + f).mean(0), params,
-                    retain_graph=bool(cv.per_coordinate))
+        weight = f.detach() if _is_zero(cv.per_sample) else f.detach() - cv.per_sample
+        # the direct term only where the cost depends on the parameters: adding a tensor without
+        # a gradient path changes the surrogate's value, never its gradient (one sample-sized pass)
+        surrogate = weight * log_q + f if f.requires_grad else weight * log_q
+        g = grad_of(surrogate.mean(0), params, retain_graph=bool(cv.per_coordinate))
         if cv.per_coordinate:
             score = grad_of(log_q.mean(0), params)
             g = {k: g[k] - cv.per_coordinate[k] * score[k] if k in cv.per_coordinate else g[k] for k in g}

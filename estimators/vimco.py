@@ -31,7 +31,7 @@ import math
 import torch
 from torch import Tensor
 
-from .base import GradientEstimator, Objective, evaluate_cost, grad_of
+from .base import GradientEstimator, Objective, evaluate_cost, grad_of, sample_detached
 from .registry import register_estimator
 
 
@@ -56,7 +56,7 @@ class VIMCO(GradientEstimator):
 
     def estimate(self, problem, params, n, state):
         dist = problem.distribution(params)
-        z = dist.sample((n,))                          # (K, R, *event), no gradient path
+        z = sample_detached(dist, (n,))                # (K, R, *event), no gradient path
         log_q = dist.log_prob(z)                       # (K, R)
         log_w = evaluate_cost(problem, z, params)      # (K, R), direct dependence kept
         bound = torch.logsumexp(log_w, 0) - math.log(n)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pandas as pd
+import pytest
 import torch
 
 import gradnoise as gn
@@ -65,3 +66,25 @@ def test_caller_random_state_untouched():
     torch.manual_seed(123)
     gn.measure("gaussian-cos", "reinforce", 4, replicates=10)
     assert torch.equal(torch.rand(3), expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("event", [(), (3,), (2, 5)])
+def test_sample_detached_is_sample_bitwise(dtype, event):
+    """The score function's draw skips torch.normal's per-sample scale check by drawing through
+    ``rsample`` (estimators/base.py): the same numbers as ``sample`` for the same seed, at sample
+    counts on and off torch's 16-wide Box-Muller blocks, and plain ``sample`` for other families."""
+    from torch.distributions import Bernoulli, Independent, Normal
+    from gradnoise.base import sample_detached
+
+    loc = torch.randn(7, *event, dtype=dtype, requires_grad=True)   # as the replicated leaves are
+    scale = (torch.rand(7, *event, dtype=dtype) + 0.1).requires_grad_()
+    dists = [Normal(loc, scale)] + ([Independent(Normal(loc, scale), len(event))] if event else [])
+    dists.append(Bernoulli(logits=loc))
+    for dist in dists:
+        for n in (1, 2, 16, 33):
+            torch.manual_seed(n)
+            expected = dist.sample((n,))
+            torch.manual_seed(n)
+            got = sample_detached(dist, (n,))
+            assert torch.equal(got, expected) and not got.requires_grad

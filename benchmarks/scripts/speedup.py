@@ -10,11 +10,18 @@ problem and estimator it times, best of ``--repeats``:
   (:func:`gradnoise.replicate_estimates`, the R estimates of one cell) at 1 torch intra-op thread
   (the default) and at torch's default thread count on this machine (``T``, the number of cores
   unless ``OMP_NUM_THREADS`` says otherwise);
+* ``draws``: torch's generator alone, at 1 thread: the ``R x N x event`` standard normal draws of
+  the cell (``Tensor.normal_``, mt19937 and Box-Muller, the draws of every Gaussian cell): a floor
+  under the engine, which must draw these same numbers (results are bitwise reproducible from a
+  seed), and no part of JAX's time (its counter-based threefry generator is fused into the
+  jitted estimate);
 * ``jax``: on the Gaussian problems, the same estimators written in JAX, ``jit(vmap(grad))`` over
   R keys (compile time excluded, ``block_until_ready``), where JAX is installed
-  (``pip install jax jaxlib``, CPU; JAX uses all cores through XLA's own thread pool).
+  (``pip install jax jaxlib``, CPU; JAX uses all cores through XLA's own thread pool, or one
+  with ``--jax-one-thread``, the engine's setting).
 
-It prints microseconds per estimate, the ratio loop / engine at 1 thread, and engine / JAX,
+It prints microseconds per estimate, the ratio loop / engine at 1 thread, engine / JAX and
+draws / JAX (above 1, the draws alone take longer than JAX's whole estimate),
 then the machine's load average (the machine may be shared) and the peak resident memory of an
 engine cell at R=10^4, N=10^3 (measured in a fresh subprocess).
 """
@@ -101,7 +108,7 @@ def jax_estimators(spec: str, n: int, replicates: int):
 
 
 PEAK_MEMORY_SNIPPET = """
-import resource, estimators as gn
+import resource, gradnoise as gn
 gn.measure_cell(gn.make_problem('gaussian-quadratic'), gn.get_estimator('{est}'), 1000, 10000, 0)
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 """
@@ -113,14 +120,20 @@ def main() -> None:
     ap.add_argument("--budget", type=int, default=100)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--no-loop", action="store_true", help="skip the plain loop (slow)")
+    ap.add_argument("--jax-one-thread", action="store_true",
+                    help="run XLA on one thread, as the engine's cells run (set before JAX is imported)")
     args = ap.parse_args()
     r, n = args.replicates, args.budget
+    if args.jax_one_thread:
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                                   + " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
     many = torch.get_num_threads()
     us = 1e6 / r
     print(f"R={r}, N={n}, torch {torch.__version__}; engine at 1 and at torch's default {many} threads; "
-          f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at start")
-    print(f"{'problem':<24}{'estimator':<11}{'loop':>9}{'engine 1t':>11}{f'engine {many}t':>11}{'jax':>8}"
-          f"{'loop/eng':>10}{'eng/jax':>9}   (us per estimate)")
+          f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at start; "
+          f"JAX {'on one thread' if args.jax_one_thread else 'on its default threads'}")
+    print(f"{'problem':<24}{'estimator':<11}{'loop':>9}{'engine 1t':>11}{f'engine {many}t':>11}{'draws':>8}"
+          f"{'jax':>8}{'loop/eng':>10}{'eng/jax':>9}{'draws/jax':>10}   (us per estimate)")
     for spec in PROBLEMS:
         problem = gn.make_problem(spec)
         jax_fns = jax_estimators(spec, n, r)
@@ -137,8 +150,11 @@ def main() -> None:
             with torch_threads(many):
                 multi = best_of(lambda: gn.replicate_estimates(problem, est, n, r, 0), args.repeats)
             jax_s = best_of(jax_fns[name], args.repeats) if jax_fns and name in jax_fns else math.nan
+            noise = torch.empty(r * n * problem.event_numel())
+            with torch_threads(1):
+                draws = best_of(noise.normal_, args.repeats)
             print(f"{problem.name:<24}{name:<11}{loop * us:>9.1f}{one * us:>11.2f}{multi * us:>11.2f}"
-                  f"{jax_s * us:>8.2f}{loop / one:>9.0f}x{one / jax_s:>8.2f}x")
+                  f"{draws * us:>8.2f}{jax_s * us:>8.2f}{loop / one:>9.0f}x{one / jax_s:>8.2f}x{draws / jax_s:>9.2f}x")
     print(f"load average {os.getloadavg()[0]:.1f} at the end")
     for name in ["reinforce", "reparam"]:
         out = subprocess.run([sys.executable, "-c", PEAK_MEMORY_SNIPPET.format(est=name)],

@@ -18,7 +18,7 @@ from .truths import ORACLE_SAMPLES, autograd_truth, oracle_truth
 def _oracle_estimator(problem: Problem) -> str:
     """``reparam`` where it is valid (rsample and a cost with a usable sample gradient), else
     ``reinforce-loo``: an oracle is never computed from an all-zero pathwise gradient."""
-    usable = problem.distribution(problem.params).has_rsample and problem.sample_gradient_reason() is None
+    usable = problem.has_rsample() and problem.sample_gradient_reason() is None
     return "reparam" if usable else "reinforce-loo"
 
 
