@@ -13,10 +13,9 @@ product with the impossible combinations skipped in ``setup``, saves those proce
 reads like the ``'problem', 'estimator', N`` of the product it replaced, so ``gradnoise compare``
 and ``gradnoise history`` match a cell across the change (``gradnoise.analysis.compare.cell_label``).
 
-Importing this module builds and validates the problems (:func:`problem`, cached) and runs each
-estimator once (:func:`warm_up`): asv's forkserver imports the suite once and forks a process per
-benchmark and cell, each inheriting them instead of doing that work again. No truth is computed
-at import.
+Importing this module builds and validates the problems (:func:`problem`, cached): asv's
+forkserver imports the suite once and forks a process per benchmark and cell, each inheriting
+them instead of building them again. No truth is computed at import.
 """
 from __future__ import annotations
 
@@ -117,37 +116,6 @@ def label_of(*parts: object) -> str:
 #: in the order of the product; its keys are the values of the ``cell`` parameter.
 CELLS: dict[str, tuple[str, str, int]] = {
     label_of(*key): key for key in itertools.product(PROBLEMS, ESTIMATORS, BUDGETS) if listed(*key)}
-
-
-def warm_up() -> None:
-    """Do at import what a process otherwise does on its first estimate or measurement.
-
-    asv's forkserver imports the suite once and forks every benchmark process from it, so work
-    done here is done once and inherited, instead of being repeated (and, in a single-sample
-    ``--quick`` timing, timed) in each process. Measured: torch imports ``sympy`` the first time
-    a ``Weibull`` is built (``measure-valued``), 0.2 s in each of that estimator's processes;
-    :func:`gradnoise.provenance.code_version`, which every measured row carries, hashes the
-    package's source, 2 ms in each process that measures a cell. Each estimator computes one
-    estimate (one replicate) on its first cell of :data:`CELLS`, its smallest N, under
-    ``fork_rng`` so that no random state changes; an estimator that raises is left to its own
-    benchmarks to report. No truth is computed. The forked processes inherit the memory this
-    holds (39 MB resident, mostly ``sympy``), so every peak-memory cell counts it, where before
-    only ``measure-valued``'s did.
-    """
-    gradnoise.provenance.code_version()
-    first = {}
-    for spec, name, n in CELLS.values():
-        first.setdefault(name, (spec, name, n))
-    with torch.random.fork_rng(devices=[]):
-        for spec, name, n in first.values():
-            try:
-                prob, estimator = cell(spec, name, n)
-                estimator(prob, gradnoise.replicate(prob.params, (1,)), n)
-            except Exception:     # noqa: BLE001 -- reported by the cell's benchmarks
-                pass
-
-
-warm_up()
 
 #: Family-wise error rate of the bias track over one run of the whole suite.
 BIAS_ALPHA = 0.01

@@ -18,8 +18,7 @@ class PeakmemVarianceMeasurement:
     ``R x N x (event + parameter size)`` exceeds the engine's chunk bound (2**22 elements) 7x
     on ``gaussian-cos`` (R=10^4, N=10^3) and 11x on ``linear-gaussian-vae`` (R=10^3, N=10^2),
     so memory that grows with R (a lost chunk bound, estimates kept with their graphs) shows up.
-    The process's peak includes what it inherits from asv's forkserver (torch and the suite
-    imported, :func:`benchmarks.common.warm_up`) and ``setup`` (the truth is computed there).
+    The process's peak includes importing torch and ``setup`` (the truth is computed there).
     """
 
     params = [list(CELLS)]

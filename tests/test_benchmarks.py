@@ -128,16 +128,6 @@ def test_a_cell_that_fails_to_build_is_listed_and_fails_its_benchmarks(monkeypat
         quality.TrackVariance().setup({"gaussian-cos, reinforce, 10": stats}, "gaussian-cos, reinforce, 10")
 
 
-def test_warm_up_changes_no_random_state():
-    import torch
-
-    from benchmarks.common import warm_up
-
-    state = torch.get_rng_state()
-    warm_up()
-    assert torch.equal(torch.get_rng_state(), state)
-
-
 # ------------------------------------------------------------------------------------------
 # regression proof (slow; part of the default run and of CI)
 # ------------------------------------------------------------------------------------------
