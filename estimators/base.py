@@ -122,10 +122,11 @@ def grad_of(surrogate: Tensor, params: Params, *, retain_graph: bool = False) ->
     return {n: torch.zeros_like(params[n]) if g is None else g for n, g in zip(names, grads)}
 
 
-def _is_normal(dist: Distribution) -> bool:
+def base_distribution(dist: Distribution) -> Distribution:
+    """The distribution under any ``Independent`` wrappers (its parameters carry the event dims)."""
     while isinstance(dist, torch.distributions.Independent):
         dist = dist.base_dist
-    return type(dist) is torch.distributions.Normal
+    return dist
 
 
 def sample_detached(dist: Distribution, shape: tuple[int, ...] = ()) -> Tensor:
@@ -139,7 +140,7 @@ def sample_detached(dist: Distribution, shape: tuple[int, ...] = ()) -> Tensor:
     :meth:`Problem.validate`).
     """
     with torch.no_grad():
-        return dist.rsample(shape) if _is_normal(dist) else dist.sample(shape)
+        return dist.rsample(shape) if type(base_distribution(dist)) is torch.distributions.Normal else dist.sample(shape)
 
 
 def all_finite(t: Tensor) -> bool:

@@ -32,22 +32,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.distributions import (
-    Bernoulli, Distribution, Independent, OneHotCategorical, RelaxedOneHotCategorical,
+    Bernoulli, Distribution, OneHotCategorical, RelaxedOneHotCategorical,
 )
 from torch.distributions.utils import clamp_probs
 
 from .base import (
     EstimatorNotApplicable, GradientEstimator, NonFiniteCostError, Problem, all_finite,
-    evaluate_cost, grad_of,
+    base_distribution, evaluate_cost, grad_of,
 )
 from .registry import register_estimator
-
-
-def base_distribution(dist: Distribution) -> Distribution:
-    """The distribution under any ``Independent`` wrappers (its logits carry the event dims)."""
-    while isinstance(dist, Independent):
-        dist = dist.base_dist
-    return dist
 
 
 def describe(dist: Distribution) -> str:
