@@ -160,7 +160,7 @@ def run_report(args: argparse.Namespace) -> int:
     sweep_path = os.path.join(out_dir, "sweep.csv")
     with client_from_args(args) as client:
         outcome = sweep_to_csv(grid, args.replicates, args.seed, sweep_path, progress=not args.quiet,
-                               resume=not args.fresh, client=client, threads=args.threads)
+                               resume=not args.fresh, client=client, threads=args.threads, replace=args.replace)
     results = outcome.results
     t_sweep = time.perf_counter() - start
     fits = fit_mod.fit_curves(results)
@@ -208,6 +208,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help=f"budget at which estimators are ranked, one of the budgets measured (default: {RANK_BUDGET} "
                    "when measured, else the largest budget)")
     p.add_argument("--fresh", action="store_true", help="recompute every cell")
+    p.add_argument("--replace", action="store_true",
+                   help="drop sweep.csv's rows of other cells (default: kept; the report uses this grid's)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_cluster_arguments(p)
     p.set_defaults(func=run_report)

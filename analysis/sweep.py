@@ -14,6 +14,7 @@ import pandas as pd
 import gradnoise as gn
 from gradnoise import registry
 from gradnoise.io import atomic_write_csv, exclusive_lock
+from gradnoise import provenance
 from gradnoise.provenance import code_version
 
 from .cluster import add_cluster_arguments, check_cluster_arguments, client_from_args
@@ -73,21 +74,40 @@ def _cell_key(problem: str, estimator: str, budget, replicates, seed) -> tuple:
     return (str(problem), str(estimator), int(budget), int(replicates), int(seed))
 
 
-def _finished_cells(out: str, replicates: int, seed: int) -> dict[tuple, list[dict]]:
-    """Cells already measured with the same replicates and seed, whatever code measured them:
-    from ``out`` (a finished sweep) and from its sidecar (an interrupted one), the sidecar's
-    winning. A torn last sidecar line (killed mid-write) is ignored."""
+#: the columns that make a CSV a gradnoise results file (and key its cells)
+RESULT_KEYS = ("problem", "estimator", "param", "budget", "replicates", "seed")
+
+
+def read_results_file(out: str) -> pd.DataFrame | None:
+    """The rows already in ``out``: None when it does not exist or is empty; one-line
+    ``ValueError`` when it is not a gradnoise results file (a sweep never overwrites such a
+    file: it could be anyone's notes, data or README)."""
+    if not os.path.isfile(out) or os.path.getsize(out) == 0:
+        return None
+    refuse = (f"refusing to overwrite {out}: it is not a gradnoise results file ({{}}); "
+              f"choose another --out, or move the file away")
+    try:
+        old = pd.read_csv(out, dtype={"code_version": str})
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as err:
+        raise ValueError(refuse.format(f"not a readable CSV: {str(err).splitlines()[0]}")) from None
+    missing = [c for c in RESULT_KEYS if c not in old.columns]
+    if missing:
+        raise ValueError(refuse.format(f"no column {', '.join(missing)}"))
+    keys = old[list(RESULT_KEYS[3:])].apply(pd.to_numeric, errors="coerce")
+    if keys.isna().any().any():
+        raise ValueError(refuse.format("budget, replicates and seed are not all numbers"))
+    return old.reindex(columns=list(dict.fromkeys([*gn.COLUMNS, *old.columns])))
+
+
+def _cells_of(rows: pd.DataFrame) -> dict[tuple, list[dict]]:
+    return {_cell_key(*key): g.to_dict("records")
+            for key, g in rows.groupby(["problem", "estimator", "budget", "replicates", "seed"], sort=False)}
+
+
+def _sidecar_cells(out: str) -> dict[tuple, list[dict]]:
+    """Cells of an interrupted sweep, from its sidecar; a torn last line (killed mid-write) is
+    ignored."""
     done: dict[tuple, list[dict]] = {}
-    if os.path.isfile(out):
-        try:
-            old = pd.read_csv(out)
-        except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError):
-            old = pd.DataFrame()
-        if {"problem", "estimator", "budget", "replicates", "seed"} <= set(old.columns):
-            old = old[(old["replicates"] == replicates) & (old["seed"] == seed)]
-            old = old.reindex(columns=gn.COLUMNS)
-            for key, g in old.groupby(["problem", "estimator", "budget"], sort=False):
-                done[_cell_key(*key, replicates, seed)] = g.to_dict("records")
     side = partial_path(out)
     if os.path.isfile(side):
         with open(side) as fh:
@@ -96,38 +116,68 @@ def _finished_cells(out: str, replicates: int, seed: int) -> dict[tuple, list[di
                     rows = json.loads(line)
                 except json.JSONDecodeError:
                     continue
-                if rows and rows[0].get("replicates") == replicates and rows[0].get("seed") == seed:
+                if rows:
                     r = rows[0]
-                    done[_cell_key(r["problem"], r["estimator"], r["budget"], replicates, seed)] = rows
+                    done[_cell_key(r["problem"], r["estimator"], r["budget"], r["replicates"], r["seed"])] = rows
     return done
+
+
+def _clashes(kept: dict[tuple, list[dict]], keys: list[tuple]) -> list[tuple]:
+    """Kept cells that would sit beside one of ``keys`` as the same problem, estimator, N and
+    seed at another R: fits would count the same point twice."""
+    ours = {k[:3] + k[4:] for k in keys}
+    return [k for k in kept if k[:3] + k[4:] in ours]
 
 
 @dataclass(frozen=True)
 class SweepOutcome:
-    """What :func:`sweep_to_csv` did: the rows (grid order) and how many cells it computed now,
-    reused (same code version) and recomputed because other code had computed them."""
+    """What :func:`sweep_to_csv` did: the grid's rows (grid order) and how many cells it computed
+    now, reused (same code), recomputed because other code had computed them (``changed``: what
+    changed, cells by part), computed because their code cannot be hashed (``unhashable``: the
+    reasons), and how many rows of other cells it kept in the file."""
 
     results: pd.DataFrame
     computed: int
     reused: int
     stale: int
-    stale_versions: tuple[str, ...] = ()
+    changed: tuple[tuple[str, int], ...] = ()
+    unhashable: tuple[tuple[str, int], ...] = ()
+    kept_rows: int = 0
+    version: str = ""
 
     def describe(self) -> str:
-        """One line, e.g. ``12 cells: 2 computed now, 10 reused (same code 7086f487b454)``."""
+        """One line, e.g. ``12 cells: 2 computed now, 10 reused from an earlier run of the same
+        code (7086f487b454)``, naming what changed where cells were recomputed."""
         total = self.computed + self.reused
         parts = [f"{self.computed} computed now"]
         if self.reused:
-            parts.append(f"{self.reused} reused from an earlier run of the same code ({code_version()})")
+            parts.append(f"{self.reused} reused from an earlier run of the same code ({self.version or code_version()})")
         if self.stale:
-            was = ", ".join(v if isinstance(v, str) and v else "unrecorded" for v in self.stale_versions)
-            parts.append(f"{self.stale} of them recomputed because other code ({was}) had computed them")
+            what = ", ".join(f"{part} ({n} cell{'s' * (n != 1)})" for part, n in self.changed)
+            parts.append(f"{self.stale} of them recomputed because their code changed since: {what}")
+        if self.unhashable:
+            why = "; ".join(f"{reason} ({n} cell{'s' * (n != 1)})" for reason, n in self.unhashable)
+            parts.append(f"never reused because part of their code cannot be hashed: {why}")
+        if self.kept_rows:
+            parts.append(f"{self.kept_rows} rows of other cells kept in the file")
         return f"{total} cells: " + ", ".join(parts)
+
+
+def _what_changed(old: str, new: str, problem: str, estimator: str) -> str:
+    """Which part of a cell's code changed between two ``code_version`` texts, in words."""
+    before, after = provenance.version_parts(old), provenance.version_parts(new)
+    said = []
+    if before.get("package") != after.get("package"):
+        said.append(f"gradnoise's code ({before.get('package') or 'unrecorded'} -> {after['package']})")
+    for part, name in (("problem", problem), ("estimator", estimator)):
+        if before.get(part) != after.get(part):
+            said.append(f"the code of {part} {name}" + ("" if part in before else " (first hashed now)"))
+    return " and ".join(said) or "the code"
 
 
 def sweep_to_csv(
     grid, replicates: int, seed: int, out: str | os.PathLike, *, progress: bool = True, resume: bool = True,
-    client=None, threads: int | None = 1,
+    client=None, threads: int | None = 1, replace: bool = False,
 ) -> SweepOutcome:
     """Measure ``grid`` (from :func:`gradnoise.engine.cells`) into ``out``, resumably.
 
@@ -136,11 +186,19 @@ def sweep_to_csv(
     (:func:`atomic_write_csv`) and the sidecar removed. With ``resume=True`` a cell already in
     ``out`` or its sidecar is reused only when it has the same problem, estimator, budget,
     replicates and seed **and** was computed by the same code
-    (:func:`gradnoise.provenance.code_version`, recorded in each row): after a change of the
-    estimators' code every affected cell is computed anew, and :meth:`SweepOutcome.describe`
-    says how many were reused and why. Cells are seeded independently, so resumed numbers are
-    those of an uninterrupted run. The output is locked (:func:`output_lock`) while the sweep
-    runs, and checked writable before the first cell is computed.
+    (:func:`gradnoise.provenance.cell_version`, recorded in each row as ``code_version``: the
+    package's code, and the code of a problem or estimator from outside it): after a change of
+    that code every affected cell is computed anew, and :meth:`SweepOutcome.describe` says how
+    many were reused and what changed. A cell whose code cannot be hashed is never reused.
+    Cells are seeded independently, so resumed numbers are those of an uninterrupted run. The
+    output is locked (:func:`output_lock`) while the sweep runs, and checked writable before
+    the first cell is computed.
+
+    ``out`` keeps its rows of other cells (another grid, seed or R): the file holds the union,
+    each row keyed by the code that computed it; :attr:`SweepOutcome.results` holds this grid's
+    rows. A file that is not a gradnoise results file is never overwritten, and rows that would
+    clash with this grid's (the same problem, estimator, N and seed at another R) are refused,
+    unless ``replace=True``, which drops the file's other rows.
 
     Cells run at ``threads`` torch intra-op threads (default 1; ``None``: torch's setting), in
     this process, or with ``client`` (a ``distributed.Client``) on its Dask workers
@@ -151,22 +209,50 @@ def sweep_to_csv(
     gn.engine.check_threads(threads)
     with output_lock(out):
         return _sweep_locked(grid, replicates, seed, out, progress=progress, resume=resume, client=client,
-                             threads=threads)
+                             threads=threads, replace=replace)
 
 
-def _sweep_locked(grid, replicates, seed, out, *, progress, resume, client=None, threads=1) -> SweepOutcome:
+def _sweep_locked(grid, replicates, seed, out, *, progress, resume, client=None, threads=1, replace=False) -> SweepOutcome:
     side = partial_path(out)
     for problem in {id(p): p for p, _, _ in grid}.values():
         gn.engine.check_memory(problem, replicates)
-    found = _finished_cells(out, replicates, seed) if resume else {}
-    if not resume and os.path.exists(side):
-        os.unlink(side)
-    version = code_version()
+    old = read_results_file(out)                       # refuses a file that is not ours, first
     keys = [_cell_key(p.spec, e.name, n, replicates, seed) for p, e, n in grid]
-    done = {k: rows for k, rows in found.items() if rows[0].get("code_version") == version}
-    stale_versions = tuple(sorted({str(found[k][0].get("code_version")) if isinstance(found[k][0].get("code_version"), str)
-                                   else "" for k in keys if k in found and k not in done}))
-    stale = sum(1 for k in keys if k in found and k not in done)
+    found = {} if old is None else _cells_of(old)
+    found.update(_sidecar_cells(out))
+    kept = {} if replace else {k: rows for k, rows in found.items() if k not in set(keys)}
+    clashes = _clashes(kept, keys)
+    if clashes:
+        p, e, n, r, s = clashes[0]
+        raise ValueError(f"{out} already holds {p} {e} N={n} seed {s} at R={r} ({len(clashes)} such cells); this "
+                         f"sweep measures them at R={replicates}, and fits would count both: write to another "
+                         f"--out, or pass --replace to drop the file's other rows")
+    if not resume:
+        found = {}
+        if os.path.exists(side):
+            os.unlink(side)
+    versions: dict[tuple[int, int], provenance.CellVersion] = {}
+    for problem, estimator, _ in grid:
+        if (id(problem), id(estimator)) not in versions:
+            versions[(id(problem), id(estimator))] = provenance.cell_version(problem, estimator)
+    version_of = [versions[(id(p), id(e))] for p, e, _ in grid]
+    done: dict[tuple, list[dict]] = {}
+    changed: dict[str, int] = {}
+    unhashable: dict[str, int] = {}
+    stale = 0
+    for (problem, estimator, _), key, version in zip(grid, keys, version_of):
+        if not version.reusable:
+            unhashable[version.reason] = unhashable.get(version.reason, 0) + 1
+        if key not in found:
+            continue
+        old_version = found[key][0].get("code_version")
+        old_version = old_version if isinstance(old_version, str) else ""
+        if old_version == version.text and version.reusable:
+            done[key] = found[key]
+        elif old_version != version.text:
+            stale += 1
+            what = _what_changed(old_version, version.text, problem.spec, estimator.name)
+            changed[what] = changed.get(what, 0) + 1
     todo = [cell for cell, key in zip(grid, keys) if key not in done]
     reused = len(grid) - len(todo)
     if progress and (reused or stale):
@@ -231,10 +317,14 @@ def _sweep_locked(grid, replicates, seed, out, *, progress, resume, client=None,
     if bar is not None:
         bar.close()
     df = pd.DataFrame([row for key in keys for row in done[key]], columns=gn.COLUMNS)
-    atomic_write_csv(df, out)
+    kept_rows = [row for rows in kept.values() for row in rows]
+    columns = list(dict.fromkeys([*gn.COLUMNS, *(c for row in kept_rows for c in row)]))
+    atomic_write_csv(pd.concat([df, pd.DataFrame(kept_rows, columns=columns)], ignore_index=True)
+                     if kept_rows else df, out)
     if os.path.exists(side):
         os.unlink(side)
-    return SweepOutcome(df, computed, reused, stale, stale_versions)
+    return SweepOutcome(df, computed, reused, stale, tuple(changed.items()), tuple(unhashable.items()),
+                        len(kept_rows), provenance.code_version())
 
 
 def run_sweep(args: argparse.Namespace) -> int:
@@ -253,8 +343,8 @@ def run_sweep(args: argparse.Namespace) -> int:
         raise ValueError("no valid problem x estimator x budget combination:\n  " + "\n  ".join(skipped))
     with client_from_args(args) as client:
         outcome = sweep_to_csv(grid, args.replicates, args.seed, args.out, progress=not args.quiet,
-                               resume=not args.fresh, client=client, threads=args.threads)
-    print(f"wrote {len(outcome.results)} rows ({outcome.describe()}) to {args.out}")
+                               resume=not args.fresh, client=client, threads=args.threads, replace=args.replace)
+    print(f"wrote {len(outcome.results) + outcome.kept_rows} rows ({outcome.describe()}) to {args.out}")
     return 0
 
 
@@ -282,6 +372,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "invalid combinations (e.g. reparam on bernoulli-toy) are skipped with a note on stderr.\n"
         "resumable: each finished cell is appended to OUT.partial.jsonl; after Ctrl-C or a kill,\n"
         "re-running the same command computes only the missing cells. OUT is written atomically.\n"
+        "OUT keeps its rows of other cells (the union is written); a file that is not a gradnoise\n"
+        "results file is never overwritten.\n"
         "parallel: --workers 2 runs the cells on 2 local worker processes, --scheduler tcp://HOST:8786\n"
         "on a running Dask cluster; the numbers are the same, bitwise (docs/scaling.md).",
     )
@@ -296,6 +388,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--fresh", action="store_true",
                    help="recompute every cell (default: reuse finished cells of an interrupted or earlier run)")
+    p.add_argument("--replace", action="store_true",
+                   help="drop OUT's rows of other cells (default: keep them; OUT then holds the union)")
     add_cluster_arguments(p)
     p.set_defaults(func=run_sweep)
 

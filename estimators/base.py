@@ -179,6 +179,10 @@ class Problem(abc.ABC):
     """
 
     spec: str
+    #: attributes that are caches of derived values, left out of a user problem's fingerprint
+    #: (:func:`gradnoise.provenance.fingerprint`)
+    fingerprint_exclude = frozenset({"_validated", "_sample_gradient_reason", "_event_numel", "_has_rsample",
+                                     "_truths", "cacheable_truth", "fingerprint_factory"})
     params: dict[str, Tensor]
     #: named groups of parameters summarised together (e.g. ``{"encoder": [...], "decoder": [...]}``)
     groups: dict[str, list[str]] = {}
@@ -300,6 +304,7 @@ class GradientEstimator(abc.ABC):
     """
 
     name: str = ""
+    fingerprint_exclude = frozenset({"fingerprint_factory"})
     unbiased: bool = True
     pathwise: bool = False
     needs_model: bool = False

@@ -43,6 +43,7 @@ import warnings
 from typing import Iterator, Sequence
 
 from .base import GradientEstimator, Problem
+from . import provenance
 from .engine import MAX_ELEMENTS, check_threads, measure_cell, torch_threads
 
 #: one cell at a time per process (see the module docstring)
@@ -168,9 +169,20 @@ def map_cells(
     calls = [(p, e, cells, replicates, seed, threads, max_elements)
              for p, e, cells in batches(grid, replicates, len(client.nthreads()))]
     finished = map_calls(client, run_cells, calls)
+    # the rows' code_version as this process names it: a user's function sent by value hashes the
+    # same on a worker, but a worker's own view of it is not what a resumed sweep here compares
+    versions: dict[tuple[int, int], str] = {}
+    for problem, estimator, _ in grid:
+        key = (id(problem), id(estimator))
+        if key not in versions:
+            versions[key] = provenance.cell_version(problem, estimator).text
     try:
         for _, done in finished:
-            yield from done
+            for index, rows in done:
+                problem, estimator, _ = grid[index]
+                for row in rows:
+                    row["code_version"] = versions[(id(problem), id(estimator))]
+                yield index, rows
     finally:
         finished.close()
 

@@ -42,7 +42,7 @@ from torch.distributions import Distribution
 
 from . import statistics
 from .base import all_finite, EstimatorNotApplicable, GradientEstimator, NonFiniteCostError, Problem, replicate
-from .provenance import code_version
+from . import provenance
 from .registry import get_estimator, make_problem
 
 #: what identifies a row, then the statistics (:data:`gradnoise.statistics.SUMMARY_COLUMNS`),
@@ -237,6 +237,7 @@ def summarise_estimates(
     """
     truth = problem.true_gradient(estimator.objective(budget))
     replicates = next(iter(estimates.values())).shape[0]
+    version = provenance.cell_version(problem, estimator).text
 
     def flat(tensors, names, lead):
         return torch.cat([tensors[n].reshape(*lead, -1) for n in names], -1).double().cpu().numpy()
@@ -248,7 +249,7 @@ def summarise_estimates(
             "problem": problem.spec, "estimator": estimator.name, "param": label, "budget": budget,
             "replicates": replicates, "seed": seed, "truth_kind": truth.kind,
             "seconds_per_estimate": seconds / replicates,
-            "cost_evals": estimator.cost_evals_for(problem, budget), "code_version": code_version(),
+            "cost_evals": estimator.cost_evals_for(problem, budget), "code_version": version,
             "threads": torch.get_num_threads(),
         }
         row.update(statistics.summarise(

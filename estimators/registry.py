@@ -155,6 +155,7 @@ def get_estimator(spec: str | GradientEstimator, **options) -> GradientEstimator
         return spec
     entry, opts = _build(_ESTIMATORS, "estimator", spec, options)
     estimator = entry.factory(**opts)
+    estimator.fingerprint_factory = entry.factory    # what, beside the name, keys its cells
     if opts:
         estimator.name = canonical_spec(entry.name, opts, {})
     else:
@@ -174,6 +175,7 @@ def make_problem(spec: str | Problem, **options) -> Problem:
     problem = entry.factory(**opts)
     problem.spec = canonical_spec(entry.name, opts, entry.defaults())
     problem.cacheable_truth = True   # a registered problem is a deterministic function of its spec
+    problem.fingerprint_factory = entry.factory      # ... and of its factory's code
     return problem
 
 

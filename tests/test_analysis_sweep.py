@@ -89,6 +89,8 @@ def test_cells_with_other_replicates_or_seed_are_not_reused(tmp_path, monkeypatc
     args = [a if a != "3" else "4" for a in ARGS]           # --seed 4
     assert main(args + ["--out", str(out)]) == 0
     assert counter.cells == N_CELLS
+    assert set(pd.read_csv(out)["seed"]) == {3, 4}            # the earlier rows are kept: the union
+    assert main(args + ["--out", str(out), "--replace"]) == 0  # ... unless replaced, by name
     assert set(pd.read_csv(out)["seed"]) == {4}
 
 
@@ -113,3 +115,49 @@ def test_sidecar_lines_are_whole_cells(tmp_path, monkeypatch):
     main(ARGS + ["--out", str(out)])
     rows = json.loads(open(sweep.partial_path(out)).readline())
     assert [r["param"] for r in rows] == ["loc", "scale"] and set(rows[0]) == set(gn.COLUMNS)
+
+
+# ------------------------------------------------------------------------------------------
+# no file lost without a word
+# ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("text", ["# My notes\n\nsome text, with commas\n", "a,b\n1,2\n", "\x89PNG\r\n\x1a\n\x00\x00"],
+                         ids=["markdown", "other-csv", "binary"])
+def test_a_file_that_is_not_a_results_file_is_never_overwritten(tmp_path, capsys, text):
+    notes = tmp_path / "notes.md"
+    notes.write_bytes(text.encode("latin-1"))
+    for extra in ([], ["--replace"], ["--fresh"]):
+        assert main(ARGS + ["--out", str(notes)] + extra) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "refusing to overwrite" in err[0] and "not a gradnoise results file" in err[0]
+        assert notes.read_bytes() == text.encode("latin-1")         # intact
+    assert not os.path.exists(sweep.partial_path(notes))
+
+
+def test_a_sweep_of_another_grid_keeps_the_files_rows(tmp_path, capsys):
+    out = tmp_path / "s.csv"
+    assert main(ARGS + ["--out", str(out)]) == 0
+    first = pd.read_csv(out)
+    other = ["sweep", "--problem", "gaussian-cos", "--estimator", "reinforce", "--budget", "2",
+             "--replicates", "50", "--seed", "3", "--quiet", "--out", str(out)]
+    assert main(other) == 0
+    assert f"{len(first)} rows of other cells kept in the file" in capsys.readouterr().out
+    union = pd.read_csv(out)
+    assert len(union) == len(first) + 2
+    kept = union[union["problem"].str.startswith("gaussian-quadratic")].reset_index(drop=True)
+    pd.testing.assert_frame_equal(kept, first, check_exact=True)    # the earlier rows, as they were
+    assert main(other) == 0                                         # the same again: nothing grows
+    assert len(pd.read_csv(out)) == len(union)
+    assert f"{len(first)} rows of other cells kept in the file" in capsys.readouterr().out
+
+
+def test_rows_that_would_clash_in_fits_are_refused_naming_replace(tmp_path, capsys):
+    out = tmp_path / "s.csv"
+    assert main(ARGS + ["--out", str(out)]) == 0
+    before = out.read_bytes()
+    other_r = [a if a != "50" else "60" for a in ARGS]              # the same cells at another R
+    assert main(other_r + ["--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "R=50" in err[0] and "--replace" in err[0]
+    assert out.read_bytes() == before
+    assert main(other_r + ["--out", str(out), "--replace"]) == 0
+    assert set(pd.read_csv(out)["replicates"]) == {60}

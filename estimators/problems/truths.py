@@ -19,7 +19,7 @@ from torch import Tensor
 from ..base import Params, Problem, Truth
 from ..engine import replicate_estimates, torch_threads
 from ..io import cache_dir, compute_once
-from ..provenance import code_version
+from .. import provenance
 from ..registry import get_estimator
 
 ORACLE_SAMPLES = 2**20
@@ -52,16 +52,22 @@ def oracle_truth(problem: Problem, estimator_name: str, n: int, samples: int = O
     by :func:`~gradnoise.registry.make_problem` are deterministic functions of their spec, so
     their oracles are cached on disk (``$GRADNOISE_CACHE/oracles``, default
     ``~/.cache/gradnoise/oracles``), keyed by spec, estimator, n, samples, parameter values and
-    :func:`~gradnoise.provenance.code_version` (a change of the code computes them anew), and
+    :func:`~gradnoise.provenance.code_version` (a change of the code computes them anew) and,
+    for a problem registered from outside the package, its
+    :func:`~gradnoise.provenance.fingerprint` (an edit of its cost computes them anew; a part
+    that cannot be hashed means no disk cache), and
     computed once among processes sharing the cache (:func:`gradnoise.io.compute_once`). An
     oracle is computed at one intra-op thread, so that it does not depend on the thread count
     of the process that happened to compute it.
     """
     replicates = max(256, samples // n)
-    if not getattr(problem, "cacheable_truth", False):
+    part = provenance.part_fingerprint(problem, f"problem {problem.spec}")
+    if not getattr(problem, "cacheable_truth", False) or (part is not None and part.digest is None):
         return _oracle(problem, estimator_name, n, replicates)
     key = hashlib.blake2b(digest_size=16)
-    key.update(f"{problem.spec}|{estimator_name}|{n}|{replicates}|{code_version()}".encode())
+    key.update(f"{problem.spec}|{estimator_name}|{n}|{replicates}|{provenance.code_version()}".encode())
+    if part is not None:                 # a problem from outside the package: its code too
+        key.update(f"|problem {part.digest}".encode())
     for name, value in sorted(problem.params.items()):
         key.update(name.encode() + value.detach().cpu().contiguous().numpy().tobytes())
 
