@@ -229,15 +229,19 @@ def replicate_estimates(
 def summarise_estimates(
     problem: Problem, estimator: GradientEstimator, budget: int, seed: int,
     estimates: dict[str, Tensor], seconds: float, groups: dict[str, list[str]] | None = None,
+    version: str | None = None,
 ) -> list[dict]:
     """Tidy rows (:data:`COLUMNS`) for given estimates: one per parameter, then one per group.
 
     ``groups`` maps a label (e.g. ``"encoder"``) to parameter names whose tensors are summarised
-    together, as one concatenated vector (same reductions as a tensor parameter).
+    together, as one concatenated vector (same reductions as a tensor parameter). ``version``
+    is the ``code_version`` column (default: :func:`gradnoise.provenance.cell_version`, best
+    taken before the estimates are computed, as :func:`measure_cell` does).
     """
     truth = problem.true_gradient(estimator.objective(budget))
     replicates = next(iter(estimates.values())).shape[0]
-    version = provenance.cell_version(problem, estimator).text
+    if version is None:
+        version = provenance.cell_version(problem, estimator).text
 
     def flat(tensors, names, lead):
         return torch.cat([tensors[n].reshape(*lead, -1) for n in names], -1).double().cpu().numpy()
@@ -264,10 +268,11 @@ def measure_cell(
     *, max_elements: int = MAX_ELEMENTS,
 ) -> list[dict]:
     """Tidy rows (one per parameter) for one cell; see :data:`COLUMNS`."""
+    version = provenance.cell_version(problem, estimator).text     # before anything runs
     estimates, seconds = replicate_estimates(
         problem, estimator, budget, replicates, seed, max_elements=max_elements
     )
-    return summarise_estimates(problem, estimator, budget, seed, estimates, seconds)
+    return summarise_estimates(problem, estimator, budget, seed, estimates, seconds, version=version)
 
 
 def check_device(device: str | torch.device) -> torch.device:

@@ -308,6 +308,9 @@ class _Hasher:
 
     def _instance(self, obj, where: str) -> None:
         cls = type(obj)
+        if is_builtin(obj):                # a built-in problem or estimator inside a user's object
+            self.put("registered", getattr(obj, "spec", None), getattr(obj, "name", None))
+            return
         self.add(cls, f"{where} (its class)")
         state = getattr(obj, "__dict__", None)
         slots = [s for c in cls.__mro__ for s in getattr(c, "__slots__", ()) if isinstance(s, str)]
