@@ -75,6 +75,9 @@ def test_measure_on_the_cluster_is_bitwise_the_sequential_run(client):
     assert len(sequential) == 2 * 3 * 3 + 1 * 2 * 3 + 2 * 3 * 3    # reparam skipped on bernoulli-toy (1 param)
     pd.testing.assert_frame_equal(sequential[STAT_COLUMNS], on_cluster[STAT_COLUMNS], check_exact=True)
     assert (on_cluster["threads"] == 1).all()
+    # the user's problem is keyed by its code, the same on the cluster as here
+    assert sequential["code_version"].equals(on_cluster["code_version"])
+    assert on_cluster["code_version"].str.contains(r"\+problem:[0-9a-f]{8}$").sum() == 2 * 3 * 3
     # both workers took part (cells are spread, not all run where the problem was rebuilt)
     assert len(client.nthreads()) == 2
 
