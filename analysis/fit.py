@@ -44,7 +44,24 @@ approximation
 
 (:math:`\log\mathrm{SNR} = \log|\bar g| - \tfrac12\log\hat v`, neglecting the covariance of the
 mean and the variance; for tensor parameters, whose SNR is a mean over coordinates, it is a rough
-approximation). Points with a zero or non-finite variance or SNR are left out of the fit.
+approximation). Points with a non-finite variance or SNR are left out of the fit.
+
+Zero variance
+-------------
+An exact estimator has variance exactly 0 at some N (the centred delta-method control variate on
+a quadratic cost, DisARM on one Bernoulli at :math:`\theta = 0`): its logarithm does not exist and
+its SNR is infinite, so such a point is left out of both fits and counted in
+``zero_variance_points`` (with every point at zero there is nothing to fit, and ``b`` and ``d``
+are empty). It is a result, not a failure: the report says so, and the figures mark it at the
+lower edge of the variance axis.
+
+When the power law does not fit
+-------------------------------
+A goodness-of-fit p-value below :data:`GOF_P_MIN` (``gof_p`` of the variance fit) means the points
+are not a power law within their error bars (a variance that levels off, an exponent that
+changes with N); ``power_law_misfit`` says so, and ``b_differs_from_minus_one`` is then never
+raised: b is a summary slope over the budgets measured, not an exponent to test (the misfit
+scaling above widens its interval, but cannot make a wrong model right).
 
 The SNR noise floor
 -------------------
@@ -74,7 +91,7 @@ from scipy import optimize, stats
 
 from gradnoise.statistics import log_se
 
-from .results import SWEEP_REQUIRED, read_csv, require_columns
+from .results import SWEEP_REQUIRED, check_statistics, read_csv, require_columns
 
 LEVEL = 0.95
 KEYS = ["problem", "estimator", "param"]
@@ -82,10 +99,12 @@ KEYS = ["problem", "estimator", "param"]
 FLOOR_Z = 3.0
 #: fewest points from which a fit flags an exponent as differing from its i.i.d. value
 MIN_POINTS_FOR_CLAIM = 3
+#: below this chi-square goodness-of-fit p-value the power law is reported as not fitting, and b is not tested
+GOF_P_MIN = 1e-6
 #: columns of :func:`fit_curves`' output, in order
 FIT_COLUMNS = KEYS + [
-    "a", "a_ci_low", "a_ci_high", "b", "b_ci_low", "b_ci_high", "r2", "n_points",
-    "b_differs_from_minus_one", "b_p_minus_one", "chi2", "gof_p", "scale_factor",
+    "a", "a_ci_low", "a_ci_high", "b", "b_ci_low", "b_ci_high", "r2", "n_points", "zero_variance_points",
+    "b_differs_from_minus_one", "b_p_minus_one", "chi2", "gof_p", "power_law_misfit", "scale_factor",
     "c", "c_ci_low", "c_ci_high", "d", "d_ci_low", "d_ci_high", "snr_r2", "snr_n_points",
     "snr_floor_points", "d_differs_from_half", "x", "level",
 ]
@@ -195,37 +214,67 @@ def fit_curves(
     :data:`gradnoise.analysis.results.SWEEP_REQUIRED`); ``x`` is the column used as N (``"budget"``, or
     ``"cost_evals"`` to count cost evaluations). Returns one row per group with
     :data:`FIT_COLUMNS`; the method and its intervals are described in the module docstring.
+    Impossible statistics (a negative variance, a swapped interval: :func:`check_statistics`) are
+    refused with one ``ValueError``; rows with variance 0 are left out of both fits and counted
+    (``zero_variance_points``).
     """
     require_columns(results, [c for c in SWEEP_REQUIRED if c != "seconds_per_estimate"] + [x], "results")
     if not 0 < level < 1:
         raise ValueError(f"level must be in (0, 1), got {level!r}")
     check_duplicates(results, x)
+    check_statistics(results, "results", file=False)
     z = float(stats.norm.ppf(0.5 + level / 2))
     df = results.assign(_se_var=log_se_variance(results), _se_snr=log_se_snr(results),
-                        _floor=at_snr_floor(results))
+                        _floor=at_snr_floor(results), _zero=results["variance"] == 0)
     rows = []
     for key, g in df.groupby(KEYS, sort=False):
         g = g.sort_values(x)
-        var = fit_power_law(g[x], g["variance"], g["_se_var"], level=level, scale_by_misfit=scale_by_misfit)
-        above = g[~g["_floor"]]
+        measured = g[~g["_zero"]]                      # variance 0 has no logarithm (exact estimator)
+        var = fit_power_law(measured[x], measured["variance"], measured["_se_var"], level=level,
+                            scale_by_misfit=scale_by_misfit)
+        above = measured[~measured["_floor"]]
         snr = fit_power_law(above[x], above["snr"], above["_se_snr"], level=level,
                             scale_by_misfit=scale_by_misfit, bias_correct=False)
         row = dict(zip(KEYS, key))
         row.update({k: var[k] for k in ("a", "a_ci_low", "a_ci_high", "b", "b_ci_low", "b_ci_high",
                                         "r2", "n_points", "chi2", "gof_p", "scale_factor")})
+        row["zero_variance_points"] = int(g["_zero"].sum())
+        row["power_law_misfit"] = bool(var["gof_p"] < GOF_P_MIN)          # NaN (too few points): False
         p_b = 2 * stats.norm.sf(abs(var["b"] + 1) / var["se_b"]) if var["se_b"] > 0 else np.nan
         row["b_p_minus_one"] = float(p_b)
         row["b_differs_from_minus_one"] = (bool(p_b < 1 - level)
-                                           if np.isfinite(p_b) and var["n_points"] >= MIN_POINTS_FOR_CLAIM else False)
+                                           if np.isfinite(p_b) and var["n_points"] >= MIN_POINTS_FOR_CLAIM
+                                           and not row["power_law_misfit"] else False)
         row.update(c=snr["a"], c_ci_low=snr["a_ci_low"], c_ci_high=snr["a_ci_high"],
                    d=snr["b"], d_ci_low=snr["b_ci_low"], d_ci_high=snr["b_ci_high"],
-                   snr_r2=snr["r2"], snr_n_points=snr["n_points"], snr_floor_points=int(g["_floor"].sum()))
+                   snr_r2=snr["r2"], snr_n_points=snr["n_points"], snr_floor_points=int(measured["_floor"].sum()))
         row["d_differs_from_half"] = (bool(abs(snr["b"] - 0.5) > z * snr["se_b"])
                                       if np.isfinite(snr["se_b"]) and snr["n_points"] >= MIN_POINTS_FOR_CLAIM
                                       else False)
         row.update(x=x, level=level)
         rows.append(row)
     return pd.DataFrame(rows, columns=FIT_COLUMNS)
+
+
+def _names(df: pd.DataFrame, detail=None) -> str:
+    return ", ".join(f"{r.problem}/{r.estimator}/{r.param}" + (f" ({detail(r)})" if detail else "")
+                     for r in df.itertuples())
+
+
+def fit_notes(fits: pd.DataFrame) -> str:
+    """What ``gradnoise fit`` says about its fits: flagged exponents, misfits, zero-variance points."""
+    flagged = fits[fits["b_differs_from_minus_one"]]
+    notes = [f"b differs significantly from -1 for {len(flagged)}"
+             + (": " + _names(flagged, lambda r: f"b={r.b:.3f}") if len(flagged) else "")]
+    misfit = fits[fits["power_law_misfit"]]
+    if len(misfit):
+        notes.append(f"the power law does not fit (chi2 p < {GOF_P_MIN:g}; b not tested) for {len(misfit)}: "
+                     + _names(misfit, lambda r: f"p={r.gof_p:.1e}"))
+    zero = fits[fits["zero_variance_points"] > 0]
+    if len(zero):
+        notes.append(f"{int(zero['zero_variance_points'].sum())} points with variance 0 (exact) left out of the "
+                     "fits: " + _names(zero, lambda r: f"{r.zero_variance_points} of {r.zero_variance_points + r.n_points}"))
+    return "; ".join(notes)
 
 
 def run_fit(args: argparse.Namespace) -> int:
@@ -238,10 +287,7 @@ def run_fit(args: argparse.Namespace) -> int:
     fits = fit_curves(results, x=args.x, level=args.level, scale_by_misfit=not args.no_misfit_scaling)
 
     atomic_write_csv(fits, args.out)
-    flagged = fits[fits["b_differs_from_minus_one"]]
-    print(f"wrote {len(fits)} fits to {args.out}; b differs significantly from -1 for {len(flagged)}"
-          + (": " + ", ".join(f"{r.problem}/{r.estimator}/{r.param} (b={r.b:.3f})" for r in flagged.itertuples())
-             if len(flagged) else ""))
+    print(f"wrote {len(fits)} fits to {args.out}; " + fit_notes(fits))
     return 0
 
 

@@ -13,6 +13,13 @@ them in your own figures):
   better, and it is flat in N for an i.i.d. estimator with linear cost).
 * :func:`problem_figure` - the three panels for one problem (a row per param), legend outside.
 * :func:`plot_all` - one PNG and one SVG per problem into a folder; ``gradnoise plot`` runs it.
+
+A variance of exactly 0 (an exact estimator: the centred delta method on a quadratic cost, DisARM
+on one Bernoulli at theta = 0) has no place on a log axis, and its SNR is infinite. Such a point is
+drawn as a downward triangle on the lower edge of the variance and efficiency panels and an
+upward triangle on the upper edge of the SNR panel, in the estimator's colour, at its N, with its
+own legend entry ("variance 0 (exact): name", "SNR ∞ (variance 0): name"); the fits leave it out
+(:func:`gradnoise.analysis.fit.fit_curves`' ``zero_variance_points``).
 """
 from __future__ import annotations
 
@@ -26,6 +33,7 @@ matplotlib.use("Agg")
 matplotlib.rcParams["svg.fonttype"] = "none"
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import NullFormatter  # noqa: E402
+from matplotlib.transforms import blended_transform_factory  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
@@ -82,11 +90,27 @@ def _fit_line(ax, sub, fit, coef, expo, colour, x="budget", label=None):
     ax.plot(n, fit[coef] * n ** fit[expo], linestyle="--", linewidth=1, color=colour, label=label)
 
 
-def _lines(results, fits, ax, y, lo, hi, coef, expo, colours, title, ylabel, sym):
+def _edge_marks(ax, results, y, colours, label_of, edges):
+    """Points whose ``y`` is 0 or infinite, which a log axis cannot show, as triangles on the axes'
+    lower (0) or upper (inf) edge at their N; ``edges`` maps 0 / inf to the legend text."""
+    at_edge = blended_transform_factory(ax.transData, ax.transAxes)      # x in data, y in axes units
+    for value, text in edges.items():
+        rows = results[results[y] == value]
+        for (est, param), sub in rows.groupby(["estimator", "param"], sort=True):
+            ax.plot(np.sort(sub["budget"].to_numpy()), np.full(len(sub), 0.0 if value == 0 else 1.0),
+                    transform=at_edge, linestyle="none", marker="v" if value == 0 else "^", markersize=7,
+                    color=colours[est], markeredgecolor="black", markeredgewidth=0.5, clip_on=False, zorder=4,
+                    label=f"{text}: {label_of(est, param)}")
+
+
+def _lines(results, fits, ax, y, lo, hi, coef, expo, colours, title, ylabel, sym, edges=None):
     ax = ax or plt.gca()
     df = results[np.isfinite(results[y]) & (results[y] > 0)]
     colours = colours or palette(results["estimator"])
     params = sorted(df["param"].unique())
+    if edges:
+        every = sorted(results["param"].unique())
+        _edge_marks(ax, results, y, colours, lambda est, param: est if len(every) == 1 else f"{est} / {param}", edges)
     dashes = dict(zip(params, ["-", ":", "-.", (0, (3, 1, 1, 1))] * 4))
     for (est, param), sub in df.groupby(["estimator", "param"], sort=True):
         sub = sub.sort_values("budget")
@@ -103,13 +127,19 @@ def _lines(results, fits, ax, y, lo, hi, coef, expo, colours, title, ylabel, sym
                       if expo + "_ci_low" in fr and np.isfinite(fr[expo + "_ci_low"]) else "")
                 _fit_line(ax, sub, fr, coef, expo, colours[est], label=f"fit {sym} = {fr[expo]:.2f}{ci}")
     _style(ax, title, ylabel)
+    if df.empty:       # nothing a log axis can show (e.g. variance 0 at every N): a nominal range, said so
+        ax.set_ylim(0.1, 10)
+        ax.yaxis.set_major_formatter(NullFormatter())
+        ax.text(0.5, 0.5, f"no positive finite {y} to draw;\nmarks at the edges", transform=ax.transAxes,
+                ha="center", va="center", fontsize=8, color="grey")
     return ax
 
 
 def plot_variance(results: pd.DataFrame, fits: pd.DataFrame | None = None, ax=None, *, colours=None, title=None):
     """Variance of the N-sample estimate vs N (log-log) with 95% CI bands and fitted a·N^b."""
     return _lines(results, fits, ax, "variance", "variance_ci_low", "variance_ci_high", "a", "b", colours,
-                  title or "Variance vs budget", "variance of estimate (grad units², trace)", "b")
+                  title or "Variance vs budget", "variance of estimate (grad units², trace)", "b",
+                  edges={0.0: "variance 0 (exact)"})
 
 
 def plot_snr(results: pd.DataFrame, fits: pd.DataFrame | None = None, ax=None, *, colours=None, title=None):
@@ -120,7 +150,8 @@ def plot_snr(results: pd.DataFrame, fits: pd.DataFrame | None = None, ax=None, *
     line: such points measure R, not the estimator, and the fit leaves them out.
     """
     ax = _lines(results, fits, ax, "snr", None, None, "c", "d", colours,
-                title or "Signal-to-noise ratio vs budget", "SNR |mean|/std (dimensionless)", "d")
+                title or "Signal-to-noise ratio vs budget", "SNR |mean|/std (dimensionless)", "d",
+                edges={np.inf: "SNR ∞ (variance 0)", 0.0: "SNR 0 (mean and variance 0)"})
     floor = results[at_snr_floor(results) & np.isfinite(results["snr"]) & (results["snr"] > 0)]
     if len(floor):
         colours = colours or palette(results["estimator"])
@@ -138,7 +169,8 @@ def plot_efficiency(results: pd.DataFrame, ax=None, *, colours=None, title=None)
                         efficiency_low=results["variance_ci_low"] * results["seconds_per_estimate"],
                         efficiency_high=results["variance_ci_high"] * results["seconds_per_estimate"])
     return _lines(df, None, ax, "efficiency", "efficiency_low", "efficiency_high", "a", "b", colours,
-                  title or "Efficiency (lower is better)", "variance × seconds per estimate (grad² · s)", "")
+                  title or "Efficiency (lower is better)", "variance × seconds per estimate (grad² · s)", "",
+                  edges={0.0: "variance 0 (exact)"})
 
 
 def problem_figure(results: pd.DataFrame, fits: pd.DataFrame | None, problem: str, *, colours=None):

@@ -18,6 +18,7 @@ shown with its 95% interval, so an overlap (a ranking the data do not settle) is
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import os
 import re
@@ -63,8 +64,7 @@ def ranking_table(results: pd.DataFrame, fits: pd.DataFrame, problem: str, budge
             row[f"Var {p} [95% CI]"] = (_interval(g.at[p, "variance"], g.at[p, "variance_ci_low"], g.at[p, "variance_ci_high"])
                                       if p in g.index else "–")
             f = fits[(fits["problem"] == problem) & (fits["estimator"] == est) & (fits["param"] == p)]
-            row[f"b {p}"] = (f"{f.iloc[0]['b']:.2f}" + (" *" if f.iloc[0]["b_differs_from_minus_one"] else "")
-                             if len(f) and np.isfinite(f.iloc[0]["b"]) else "–")
+            row[f"b {p}"] = _b_cell(f.iloc[0]) if len(f) else "–"
         rows.append(row)
     table = pd.DataFrame(rows).sort_values("total variance").reset_index(drop=True)
     table.insert(0, "rank (variance)", np.arange(1, len(table) + 1))
@@ -81,28 +81,131 @@ def common_budget(results: pd.DataFrame, problem: str, preferred: int) -> int:
     return int(max(shared))
 
 
-def not_measured(skipped: list[str], problem: str) -> dict[str, list[str]]:
-    """Skip notes of ``problem`` (engine lines ``"<problem> x <estimator>: <reason>"``) grouped by reason,
-    each reason cut to its first clause with the leading ``estimator 'name'`` dropped."""
-    out: dict[str, list[str]] = {}
+#: a skip reason that depends on the budget (the first check at a budget below an estimator's minimum)
+BUDGET_REASON = re.compile(r"^(needs (?:an integer budget )?N >= \d+)(, got .*)?$")
+
+
+@dataclasses.dataclass(frozen=True)
+class NotMeasured:
+    """Why ``estimator`` was not measured on a problem: ``reason``, one line; ``budgets`` are the N at
+    which it was not (``None``: at none of the budgets, the reason holds at every N)."""
+    estimator: str
+    reason: str
+    budgets: tuple[int, ...] | None = None
+
+
+def _reason(line: str, problem: str, estimator: str) -> str:
+    """An engine skip line's reason, cut to its first clause, without the estimator's and problem's names."""
+    reason = line[len(problem) + 3 + len(estimator) + 2:].split(";")[0].strip()
+    reason = re.sub(rf"^estimator '{re.escape(estimator)}':? ", "", reason)
+    return reason.replace(f" of problem {problem!r}", "").strip()
+
+
+def not_measured(skipped: list[str], problem: str, results: pd.DataFrame | None = None,
+                 budgets=None) -> list[NotMeasured]:
+    """Each estimator the engine skipped on ``problem``, with its one real reason.
+
+    ``skipped`` holds the engine's lines ``"<problem> x <estimator>: <reason>"``
+    (:func:`gradnoise.engine.cells`); ``results`` the rows measured, ``budgets`` the budgets of the
+    grid (default: those in ``results``). An estimator checks its budget first, so one that does not
+    apply at all (vimco on a plain problem) is skipped at N = 1 for its budget and at N >= 2 for its
+    real reason: the reason that holds at every N wins. An estimator measured at some budgets is
+    listed with the budgets it missed and the reason for them, never as not measured.
+    """
+    prefix = problem + " x "
+    reasons: dict[str, list[str]] = {}
     for line in skipped:
-        if not line.startswith(problem + " x "):
-            continue
-        estimator, _, reason = line[len(problem) + 3:].partition(": ")
-        reason = re.sub(rf"^estimator '{re.escape(estimator)}' ", "", reason.split(";")[0]).strip()
-        out.setdefault(reason, []).append(estimator)
+        if line.startswith(prefix):
+            estimator = line[len(prefix):].split(": ", 1)[0]
+            reasons.setdefault(estimator, []).append(_reason(line, problem, estimator))
+    rows = results[results["problem"] == problem] if results is not None else pd.DataFrame(columns=["estimator", "budget"])
+    grid = sorted({int(n) for n in (budgets if budgets is not None else rows["budget"])})
+    out = []
+    for estimator, found in reasons.items():
+        measured = {int(n) for n in rows.loc[rows["estimator"] == estimator, "budget"]}
+        short = [m.group(1) if (m := BUDGET_REASON.match(r)) else r for r in found]
+        every_n = [r for r in short if not BUDGET_REASON.match(r)]
+        if not measured:
+            out.append(NotMeasured(estimator, (every_n or short)[0]))
+        else:
+            missed = tuple(n for n in grid if n not in measured)
+            out.append(NotMeasured(estimator, short[0], missed or None))
     return out
 
 
+def _not_measured_lines(notes: list[NotMeasured]) -> list[str]:
+    lines = []
+    groups: dict[tuple, list[str]] = {}
+    for n in notes:
+        groups.setdefault((n.budgets, n.reason), []).append(n.estimator)
+    never = [f"{', '.join(ests)} ({why})" for (budgets, why), ests in groups.items() if budgets is None]
+    if never:
+        lines += ["Not measured: " + "; ".join(never) + ".", ""]
+    for (budgets, why), ests in groups.items():
+        if budgets is not None:
+            lines += [f"Not measured at N = {', '.join(map(str, budgets))}: {', '.join(ests)} ({why}); "
+                      "measured at the other budgets.", ""]
+    return lines
+
+
+def _zero_variance_line(results: pd.DataFrame, problem: str) -> list[str]:
+    df = results[results["problem"] == problem]
+    parts = []
+    for (est, param), g in df.groupby(["estimator", "param"], sort=False):
+        zero = sorted(int(n) for n in g.loc[g["variance"] == 0, "budget"])
+        if zero:
+            at = "at every N" if len(zero) == g["budget"].nunique() else f"at N = {', '.join(map(str, zero))}"
+            parts.append(f"{est} / {param} {at}")
+    if not parts:
+        return []
+    return ["Variance exactly 0 (an exact estimator there: no logarithm, so left out of the fits and marked "
+            "on the edges of the figures' log axes): " + "; ".join(parts) + ".", ""]
+
+
+def _p_min() -> str:
+    return f"{fit_mod.GOF_P_MIN:.0e}".replace("e-0", "e-")
+
+
+def _misfit_line(fits: pd.DataFrame, problem: str) -> list[str]:
+    f = fits[(fits["problem"] == problem) & fits["power_law_misfit"]]
+    if f.empty:
+        return []
+    return [f"† the power law does not fit (χ² goodness-of-fit p < {_p_min()}) for "
+            + ", ".join(f"{r.estimator} / {r.param}" for r in f.itertuples())
+            + ": there b is a summary slope over the budgets measured, not an exponent, and is not tested "
+            "against −1.", ""]
+
+
+def _b_cell(f: pd.Series) -> str:
+    """A fit's b for the ranking table: `*` when it differs from −1, `†` when no power law fits."""
+    if not np.isfinite(f["b"]):
+        return "–"
+    mark = " †" if f.get("power_law_misfit", False) else (" *" if f["b_differs_from_minus_one"] else "")
+    return f"{f['b']:.2f}{mark}"
+
+
+def _power_law(r) -> str:
+    if getattr(r, "power_law_misfit", False):
+        return "does not fit"
+    return "fits" if np.isfinite(r.gof_p) else "untested (< 3 points)"
+
+
 def summary_markdown(results: pd.DataFrame, fits: pd.DataFrame, figures: dict[str, str], *, budget: int = RANK_BUDGET,
-                     header: str = "", skipped: list[str] | None = None) -> str:
-    """The text of ``summary.md``: ranking tables, fitted slopes and figures per problem."""
+                     header: str = "", skipped: list[str] | None = None, budgets=None) -> str:
+    """The text of ``summary.md``: ranking tables, fitted slopes and figures per problem.
+
+    ``skipped`` are the engine's skip lines and ``budgets`` the grid's budgets (default: those in
+    ``results``), from which each estimator not measured gets its one reason (:func:`not_measured`).
+    """
     lines = ["# gradnoise report", "", header, ""]
     lines += ["Variance is that of one N-sample gradient estimate (for tensor parameters the trace of its",
               "covariance); *total variance* sums it over the problem's parameters. *Efficiency* is total",
               "variance × seconds per estimate (lower is better). `b` is the fitted exponent of Var(N) = a·N^b",
               "(inverse-variance weighted least squares on log–log; `*` marks b significantly different",
-              "from −1 at 95%, as expected only for estimators that are not i.i.d. averages). *max abs bias z* is",
+              "from −1 at 95%, as expected only for estimators that are not i.i.d. averages; `†` marks a fit",
+              f"whose χ² goodness-of-fit p is below {_p_min()}: the power law does not fit, and b is",
+              "not tested). A variance of exactly 0 (an exact estimator) is listed, and left out of the fits.",
+              "*max abs bias z* is",
               "the largest bias z-score over the parameters against the truth of the estimator's own objective",
               "(the ELBO, or the IWAE-K bound for iwae*); |z| > 3 flags a biased estimator (e.g. iwae-stl at K > 1),",
               "whose low variance is then no recommendation.", ""]
@@ -112,20 +215,23 @@ def summary_markdown(results: pd.DataFrame, fits: pd.DataFrame, figures: dict[st
         table = ranking_table(results, fits, problem, n_star)
         lines += [markdown_table(table) if len(table) else "(no estimator at this budget)", ""]
         if skipped:
-            notes = not_measured(skipped, problem)
-            if notes:
-                lines += ["Not measured: " + "; ".join(f"{', '.join(ests)} ({why})" for why, ests in notes.items()), ""]
+            lines += _not_measured_lines(not_measured(skipped, problem, results, budgets))
+        lines += _zero_variance_line(results, problem)
         f = fits[fits["problem"] == problem]
+        zero = f["zero_variance_points"] if "zero_variance_points" in f else pd.Series(0, index=f.index)
         slope = pd.DataFrame({
             "estimator": f["estimator"], "param": f["param"],
             "b [95% CI]": [_interval(r.b, r.b_ci_low, r.b_ci_high) for r in f.itertuples()],
-            "b ≠ −1": ["yes" if v else "no" for v in f["b_differs_from_minus_one"]],
+            "b ≠ −1": ["–" if getattr(r, "power_law_misfit", False) else "yes" if r.b_differs_from_minus_one else "no"
+                       for r in f.itertuples()],
             "a [95% CI]": [_interval(r.a, r.a_ci_low, r.a_ci_high) for r in f.itertuples()],
             "d (SNR) [95% CI]": [_interval(r.d, r.d_ci_low, r.d_ci_high) for r in f.itertuples()],
             "fit p (χ²)": [fmt(v, 2) for v in f["gof_p"]],
-            "points": f["n_points"].astype(int).astype(str),
+            "power law": [_power_law(r) for r in f.itertuples()],
+            "points": [f"{int(n)}" + (f" (+{int(z)} at variance 0)" if z else "") for n, z in zip(f["n_points"], zero)],
         })
         lines += ["Fitted slopes:", "", markdown_table(slope), ""]
+        lines += _misfit_line(fits, problem) if "power_law_misfit" in fits else []
         if problem in figures:
             lines += [f"![{problem}]({figures[problem]})", ""]
     return "\n".join(lines)
@@ -176,7 +282,8 @@ def run_report(args: argparse.Namespace) -> int:
               f"plots {t_plot:.0f} s). Sweep: {len(results['problem'].unique())} problems, "
               f"{len(results['estimator'].unique())} estimators, budgets N = {', '.join(map(str, budgets))}, "
               f"R = {args.replicates} replicates per cell, seed {args.seed}. Files: `sweep.csv`, `fits.csv`, `figures/`.")
-    text = summary_markdown(results, fits, figures, budget=rank_budget, header=header, skipped=skipped)
+    text = summary_markdown(results, fits, figures, budget=rank_budget, header=header, skipped=skipped,
+                            budgets=budgets)
     atomic_write_text(os.path.join(out_dir, "summary.md"), text)
     print(f"wrote {os.path.join(out_dir, 'summary.md')}, sweep.csv ({len(results)} rows), fits.csv ({len(fits)} fits), "
           f"{len(paths)} figures in {wall:.0f} s", file=sys.stdout)

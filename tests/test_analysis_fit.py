@@ -1,13 +1,15 @@
 """gradnoise.analysis.fit: power-law fits recover known exponents, and their intervals cover at the stated rate."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
 from scipy import integrate, stats
 
 import gradnoise as gn
-from gradnoise.analysis.fit import FIT_COLUMNS, fit_curves, fit_power_law
+from gradnoise.analysis.fit import FIT_COLUMNS, GOF_P_MIN, fit_curves, fit_power_law
 from gradnoise.statistics import variance_interval
 
 BUDGETS = np.array([1, 3, 10, 30, 100, 300])
@@ -149,3 +151,92 @@ def test_real_gaussian_quadratic_sweep_gives_minus_one_for_iid_estimators():
         assert r.b_ci_low <= -1 <= r.b_ci_high, (r.estimator, r.param, r.b, r.b_ci_low, r.b_ci_high)
         assert not r.b_differs_from_minus_one
         assert r.n_points == BUDGETS.size and r.r2 > 0.99
+
+
+# --- impossible statistics, zero variance, a power law that does not fit (issue 16) ---------------
+
+def _sweep_frame(rng, estimators=(("iid", -1.0),), se=0.05):
+    frames = []
+    s = np.full(BUDGETS.size, se)
+    for name, b in estimators:
+        v = 2.0 * BUDGETS**b * np.exp(rng.normal(0.0, s))
+        frames.append(_frame(BUDGETS, v, s, 0.7 / np.sqrt(v), name).assign(mse=v, truth=0.7))
+    return pd.concat(frames, ignore_index=True)
+
+
+def _spoil(df, column, row):
+    """Make row ``row`` of ``df`` impossible in ``column`` (a negative value, or an inverted interval)."""
+    df = df.copy()
+    if column == "variance_ci_low":          # the interval's ends swapped
+        low, high = df.at[row, "variance_ci_low"], df.at[row, "variance_ci_high"]
+        df.at[row, "variance_ci_low"], df.at[row, "variance_ci_high"] = high, low
+    elif column == "replicates":             # a sample variance needs R >= 2
+        df.at[row, column] = 1
+    else:
+        df.loc[row, column] = -abs(df.loc[row, column]) - 0.5
+    return df
+
+
+@pytest.mark.parametrize("column", ["variance", "variance_ci_low", "variance_ci_high", "mse", "snr", "replicates"])
+def test_impossible_statistics_in_a_results_csv_are_one_line(column, tmp_path, capsys):
+    """A negative variance (or MSE, SNR, R) or an inverted interval used to be dropped without a word
+    (fit got 0 points and b = NaN); now the file is refused naming the file, the column and the row."""
+    from gradnoise.analysis.cli import main
+
+    df = _spoil(_sweep_frame(np.random.default_rng(1)), column, 3)
+    path, out = tmp_path / "sweep.csv", tmp_path / "fits.csv"
+    df.to_csv(path, index=False)
+    assert main(["fit", str(path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"gradnoise fit: error: results CSV {path}: column ") and "\n" not in err
+    assert "in row 5" in err                    # row 3 of the frame is line 5 of the file (header first)
+    assert repr(column) in err
+    assert not out.exists()
+    with pytest.raises(ValueError, match="index 3"):  # the library refuses the same rows
+        fit_curves(df)
+
+
+def test_zero_variance_points_are_left_out_of_fits_and_counted():
+    """An exact estimator (variance 0 at some or every N: the centred delta method on a quadratic
+    cost, DisARM on one Bernoulli at theta = 0) has no logarithm: the point is left out of both fits,
+    counted in ``zero_variance_points``, and nothing warns."""
+    rng = np.random.default_rng(2)
+    df = _sweep_frame(rng, (("some", -1.0), ("all", -1.0)))
+    some = (df.estimator == "some") & df.budget.isin([100, 300])
+    everywhere = df.estimator == "all"
+    df.loc[some | everywhere, ["variance", "variance_ci_low", "variance_ci_high", "mse"]] = 0.0
+    df.loc[some | everywhere, "snr"] = np.inf
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fits = fit_curves(df).set_index("estimator")
+    assert set(fits.reset_index().columns) == set(FIT_COLUMNS)
+    assert fits.at["some", "zero_variance_points"] == 2 and fits.at["all", "zero_variance_points"] == BUDGETS.size
+    assert fits.at["some", "n_points"] == BUDGETS.size - 2 and fits.at["some", "snr_n_points"] == BUDGETS.size - 2
+    assert fits.at["some", "b_ci_low"] <= -1 <= fits.at["some", "b_ci_high"]
+    assert fits.at["all", "n_points"] == 0 and np.isnan(fits.at["all", "b"]) and np.isnan(fits.at["all", "d"])
+
+
+def test_real_zero_variance_sweep_fits_without_warnings():
+    """DisARM on bernoulli-toy at theta = 0 is exact: the engine's own rows have variance 0."""
+    df = gn.measure("bernoulli-toy", ["disarm", "reinforce"], [1, 10, 100], replicates=200, seed=0)
+    assert (df.loc[df.estimator == "disarm", "variance"] == 0).all()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fits = fit_curves(df).set_index("estimator")
+    assert fits.at["disarm", "zero_variance_points"] == 3 and fits.at["reinforce", "zero_variance_points"] == 0
+
+
+def test_a_power_law_that_does_not_fit_is_flagged_and_claims_nothing():
+    """Var(N) = 1/N + 0.05 (a floor) with 2% errors is no power law: chi2 p < GOF_P_MIN, so the fit
+    says so (``power_law_misfit``) and makes no claim about b, however far its slope is from -1."""
+    s = np.full(BUDGETS.size, 0.02)
+    v = (1.0 / BUDGETS + 0.05) * np.exp(np.random.default_rng(4).normal(0.0, s))
+    frames = [_frame(BUDGETS, v, s, 0.7 / np.sqrt(v), "floor"),
+              _frame(BUDGETS, 2.0 / BUDGETS * np.exp(np.random.default_rng(5).normal(0.0, s)), s, 1.0, "iid"),
+              _frame(BUDGETS, 2.0 * BUDGETS**-0.5 * np.exp(np.random.default_rng(6).normal(0.0, s)), s, 1.0, "slow")]
+    fits = fit_curves(pd.concat(frames)).set_index("estimator")
+    assert fits.at["floor", "gof_p"] < GOF_P_MIN and fits.at["floor", "power_law_misfit"]
+    assert fits.at["floor", "b_p_minus_one"] < 1e-6 and not fits.at["floor", "b_differs_from_minus_one"]
+    for name in ("iid", "slow"):                  # power laws: fitted, tested as before
+        assert fits.at[name, "gof_p"] > 1e-3 and not fits.at[name, "power_law_misfit"]
+    assert fits.at["slow", "b_differs_from_minus_one"] and not fits.at["iid", "b_differs_from_minus_one"]

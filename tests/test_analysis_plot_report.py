@@ -1,6 +1,8 @@
 """gradnoise.analysis.plot helpers and analysis.report tables, on a small synthetic sweep (no estimator runs)."""
 from __future__ import annotations
 
+import warnings
+
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -9,7 +11,7 @@ from scipy import stats
 
 from gradnoise.analysis.fit import fit_curves
 from gradnoise.analysis.plot import plot_efficiency, plot_snr, plot_variance, problem_figure, slug
-from gradnoise.analysis.report import common_budget, not_measured, ranking_table, summary_markdown
+from gradnoise.analysis.report import NotMeasured, common_budget, not_measured, ranking_table, summary_markdown
 
 BUDGETS = np.array([1, 3, 10, 30, 100])
 Z = stats.norm.ppf(0.975)
@@ -85,6 +87,110 @@ def test_common_budget_and_skip_notes(sweep):
     notes = not_measured(["toy:k=1 x loo: estimator 'loo' needs N >= 2, got 1",
                           "toy:k=1 x iwae: estimator 'iwae' needs a model problem; 'toy' is plain",
                           "other x iwae: estimator 'iwae' needs a model problem; 'other' is plain"], "toy:k=1")
-    assert notes == {"needs N >= 2, got 1": ["loo"], "needs a model problem": ["iwae"]}
+    assert notes == [NotMeasured("loo", "needs N >= 2"), NotMeasured("iwae", "needs a model problem")]
     text = summary_markdown(df, fits, {"toy:k=1": "figures/toy_k-1.png"}, budget=10, header="H")
     assert "## toy:k=1" in text and "![toy:k=1](figures/toy_k-1.png)" in text and "| 1 | 1 | good |" in text
+
+
+# --- zero variance, a power law that does not fit, and why a cell was not measured (issue 16) -----
+
+@pytest.fixture(scope="module")
+def exact_sweep(sweep):
+    """The sweep plus 'exact', an estimator with variance 0 at every N on 'loc' (the centred delta
+    method on a quadratic cost) and at N >= 30 on 'scale' (SNR infinite there)."""
+    df, _ = sweep
+    exact = df[df.estimator == "good"].assign(estimator="exact")
+    zero = (exact.param == "loc") | (exact.budget >= 30)
+    exact.loc[zero, ["variance", "variance_ci_low", "variance_ci_high"]] = 0.0
+    exact.loc[zero, "snr"] = np.inf
+    out = pd.concat([df, exact], ignore_index=True)
+    return out, fit_curves(out)
+
+
+def _floor_marks(ax, label):
+    """Budgets of the markers drawn with ``label`` at an edge of the axes (y in axes coordinates)."""
+    lines = [ln for ln in ax.get_lines() if ln.get_label().startswith(label)]
+    return sorted(x for ln in lines for x in ln.get_xdata()), lines
+
+
+def test_zero_variance_is_marked_at_the_axis_floor_without_warnings(exact_sweep):
+    """A variance of 0 has no place on a log axis: it used to vanish from the figure without a word
+    (and all-zero panels warned); now a triangle marks it at the lower edge (SNR infinite: upper)."""
+    df, fits = exact_sweep
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fig, (a1, a2, a3) = plt.subplots(1, 3)
+        plot_variance(df, fits, ax=a1)
+        plot_snr(df, fits, ax=a2)
+        plot_efficiency(df, ax=a3)
+        fig.canvas.draw()
+    exact = df[(df.estimator == "exact") & (df.variance == 0)]
+    for ax, label, edge in ((a1, "variance 0", 0.0), (a2, "SNR ∞", 1.0), (a3, "variance 0", 0.0)):
+        xs, lines = _floor_marks(ax, label)
+        assert xs == sorted(exact.budget), label
+        for line in lines:
+            # x in data coordinates, y in axes coordinates (0: lower edge, 1: upper edge)
+            assert all(y == edge for y in line.get_ydata())
+            assert line.get_transform().contains_branch_seperately(ax.transData) == (True, False)
+    # a panel where every point is 0 still draws, with its markers, and warns nothing
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fig2, ax = plt.subplots()
+        plot_variance(df[(df.estimator == "exact") & (df.param == "loc")], fits, ax=ax)
+        fig2.canvas.draw()
+    assert _floor_marks(ax, "variance 0")[0] == list(BUDGETS)
+    plt.close(fig)
+    plt.close(fig2)
+
+
+def test_summary_reports_zero_variance_points(exact_sweep):
+    df, fits = exact_sweep
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        text = summary_markdown(df, fits, {}, budget=10, header="H")
+    line = next(ln for ln in text.splitlines() if ln.startswith("Variance exactly 0"))
+    assert "exact / loc at every N" in line and "exact / scale at N = 30, 100" in line
+    assert "left out of the fits" in line
+
+
+def test_summary_says_when_the_power_law_does_not_fit_and_stars_nothing(sweep):
+    """A variance that levels off (1/N + 0.05, 2% errors) fails the chi2 test: no star on its b."""
+    df, _ = sweep
+    floor = df[df.estimator == "bad"].assign(estimator="floor")
+    floor["variance"] = 1.0 / floor.budget + 0.05
+    floor["variance_ci_low"], floor["variance_ci_high"] = floor.variance * np.exp(-Z * 0.02), floor.variance * np.exp(Z * 0.02)
+    df = pd.concat([df, floor], ignore_index=True)
+    fits = fit_curves(df)
+    assert fits.loc[fits.estimator == "floor", "power_law_misfit"].all()
+    text = summary_markdown(df, fits, {}, budget=10, header="H")
+    row = next(ln for ln in text.splitlines() if "| floor |" in ln and ln.startswith("| "))
+    assert "*" not in row and "†" in row
+    assert "† the power law does not fit" in text
+    slope = [ln for ln in text.splitlines() if ln.startswith("| floor | loc |")][0]
+    assert "does not fit" in slope
+
+
+def test_not_measured_gives_each_skip_its_one_real_reason():
+    """vimco on a plain problem used to be listed under 'needs N >= 2' (the first check at N = 1)
+    as well as 'needs a model problem', and reinforce-loo as not measured although it was measured
+    at N = 10: now each estimator has one reason, and one measured at other N says at which N not."""
+    import gradnoise as gn
+
+    skipped = []
+    grid = gn.engine.cells(["gaussian-quadratic", "linear-gaussian-vae"], ["reinforce", "reinforce-loo", "vimco", "iwae"],
+                           [1, 10], on_invalid="skip", skipped=skipped)
+    rows = [{"problem": p.spec, "estimator": e.name, "param": "x", "budget": n, "replicates": 500, "variance": 1.0 / n,
+             "variance_ci_low": 0.9 / n, "variance_ci_high": 1.1 / n, "snr": 1.0, "seconds_per_estimate": 1e-5}
+            for p, e, n in grid]
+    df = pd.DataFrame(rows)
+    quad, vae = df.problem.unique()
+    notes = {(n.estimator, n.budgets): n.reason for n in not_measured(skipped, quad, df)}
+    assert notes == {("vimco", None): "needs a model problem (a log joint and an encoder)",
+                     ("iwae", None): "needs a model problem (a log joint and an encoder)",
+                     ("reinforce-loo", (1,)): "needs an integer budget N >= 2"}
+    assert {(n.estimator, n.budgets) for n in not_measured(skipped, vae, df)} == {("reinforce-loo", (1,)), ("vimco", (1,))}
+    text = summary_markdown(df, fit_curves(df), {}, budget=10, header="H", skipped=skipped)
+    section = text.split(f"## {quad}")[1].split("## ")[0]
+    assert "Not measured: vimco, iwae (needs a model problem (a log joint and an encoder))." in section
+    assert "Not measured at N = 1: reinforce-loo (needs an integer budget N >= 2); measured at the other budgets." in section
+    assert section.count("vimco") == 1
