@@ -3,8 +3,6 @@ replayed noise, variance equal to the quadrature value, the fitted (centred) coe
 beta = 1 exact on a quadratic cost, clear errors."""
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pytest
 import torch
@@ -15,7 +13,7 @@ import gradnoise as gn
 import gradnoise.control_variates as cv
 from gradnoise.analysis.studies.measure_valued import cost_function, optimal_beta, per_sample_moments
 from gradnoise.engine import replicate_estimates
-from stat_checks import holm_reject, is_unbiased, log_variance_z, replay
+from stat_checks import ROUNDING, holm_reject, is_unbiased, log_variance_z, replay
 
 SEED = 20261127
 SETTINGS = [
@@ -36,29 +34,14 @@ def _cases():
                 yield pytest.param(base + options, problem, id=f"{base}{options}-{problem.split(':')[0]}")
 
 
-ROUNDING = 256 * torch.finfo(torch.float32).eps      # float32 rounding of one estimate, relative (_rounding_bound)
-
-
-def with_rounding_floor(truth: gn.Truth, estimates: dict[str, torch.Tensor]) -> gn.Truth:
-    """The truth with its standard error raised to the float32 rounding of the estimates' mean,
-    ROUNDING x rms(g) per coordinate (deterministic, so it does not shrink with R). It matters only
-    where an estimate is exact up to rounding (a quadratic cost, such as gaussian-quadratic-nd and
-    linear-gaussian-vae's encoder, with the fitted coefficient 1: sd 4e-8 against rms 2); elsewhere
-    the statistical SE sd/sqrt(R) is far above it."""
-    se = {k: torch.sqrt(truth.se.get(k, torch.zeros_like(v)).double() ** 2
-                        + (ROUNDING * estimates[k].double().square().mean(0).sqrt()) ** 2)
-          for k, v in truth.values.items()}
-    return dataclasses.replace(truth, se=se)
-
-
 @pytest.mark.parametrize("estimator, problem", list(_cases()))
 def test_unbiased(estimator, problem):
     """|mean - truth| within 4 SE per coordinate, Holm-corrected (N = 2, R = 4000), the SE floored at
-    float32 rounding (``with_rounding_floor``). ``pilot=2`` (the smallest): the coefficient from two
+    float32 rounding (exact estimates: quadratic costs). ``pilot=2`` (the smallest): the coefficient from two
     pilot samples is noisy, and still independent of the measured ones."""
     prob, est = gn.make_problem(problem), gn.get_estimator(estimator)
     estimates, _ = replicate_estimates(prob, est, 2, 4000, SEED)
-    ok, pmin = is_unbiased(estimates, with_rounding_floor(prob.true_gradient(), estimates))
+    ok, pmin = is_unbiased(estimates, prob.true_gradient())
     assert ok, f"{estimator} on {problem}: smallest p-value {pmin:.2e}"
 
 
