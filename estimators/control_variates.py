@@ -117,7 +117,10 @@ class TaylorExpansion:
         return self.problem.distribution(params)
 
     def _quadratic(self, d: Tensor) -> Tensor:
-        return (d.unsqueeze(-2) @ self.hessian @ d.unsqueeze(-1)).squeeze(-1).squeeze(-1)
+        r""":math:`d^\top \Gamma d` for ``d`` ``(..., *L, E)``, by ``einsum`` then ``vecdot``: a batched
+        matmul would broadcast :math:`\Gamma` into one tiny product per sample (10x slower at E = 1,
+        4x at E = 10, 1000 x 100 samples), elementwise products hold ``(..., E, E)``."""
+        return torch.linalg.vecdot(d, torch.einsum("...i,...ij->...j", d, self.hessian))
 
     def cost(self, x: Tensor, params: Params) -> Tensor:
         """:math:`h(x)` for ``x`` of shape ``S + L + event``; returns ``S + L``."""
@@ -199,7 +202,10 @@ class DeltaMethod(GradientEstimator):
         out = []
         for problem in problems:
             with torch.random.fork_rng(devices=devices):
-                torch.manual_seed(seed)
+                if devices:
+                    torch.manual_seed(seed)
+                else:   # the CPU generator alone, as the engine seeds CPU cells (torch.manual_seed
+                    torch.default_generator.manual_seed(seed)   # also queues CUDA seeding: 1.7 ms)
                 out.append(self.inner.estimate(problem, params, n, None))
         return out
 
