@@ -18,7 +18,13 @@ problem and estimator it times, best of ``--repeats``:
 * ``jax``: on the Gaussian problems, the same estimators written in JAX, ``jit(vmap(grad))`` over
   R keys (compile time excluded, ``block_until_ready``), where JAX is installed
   (``pip install jax jaxlib``, CPU; JAX uses all cores through XLA's own thread pool, or one
-  with ``--jax-one-thread``, the engine's setting).
+  with ``--jax-one-thread``, the engine's setting); for ``reinforce-delta`` on the scalar
+  Gaussians, optax 0.2.6's reference (``pip install optax==0.2.6``):
+  ``monte_carlo.control_variates_jacobians`` with ``control_delta_method``,
+  ``score_function_jacobians`` and ``estimate_cv_coeffs=True`` on a pilot of N samples (the
+  engine's default pilot at N >= 2), ``jit(vmap)`` over R keys, each estimate the mean of its N
+  per-sample jacobians. Its scale parameter is ``log_scale``: the same work, another coordinate.
+  No plain loop is written for it (``loop`` is NaN).
 
 It prints microseconds per estimate, the ratio loop / engine at 1 thread, engine / JAX and
 draws / JAX (above 1, the draws alone take longer than JAX's whole estimate),
@@ -40,7 +46,7 @@ import gradnoise as gn
 from gradnoise.engine import torch_threads
 
 PROBLEMS = ["gaussian-quadratic", "gaussian-exp", "gaussian-cos", "gaussian-quadratic-nd", "linear-gaussian-vae"]
-ESTIMATORS = ["reinforce", "reparam", "iwae"]
+ESTIMATORS = ["reinforce", "reparam", "iwae", "reinforce-delta"]
 K, D = 2.0, 10        # the registered defaults of the Gaussian problems (k, and d of -nd)
 
 
@@ -49,6 +55,8 @@ def naive_loop(problem, estimator: str, n: int, replicates: int) -> None:
     for _ in range(replicates):
         params = {k: v.detach().clone().requires_grad_(True) for k, v in problem.params.items()}
         dist = problem.distribution(params)
+        if estimator == "reinforce-delta":
+            return
         if estimator == "reinforce":
             x = dist.sample((n,))
             f = problem.cost(x, params)
@@ -104,7 +112,41 @@ def jax_estimators(spec: str, n: int, replicates: int):
         fn = jax.jit(jax.vmap(jax.grad(surrogate), in_axes=(None, 0)))
         jax.block_until_ready(fn(params, keys))                      # compile outside the timing
         out[name] = lambda fn=fn: jax.block_until_ready(fn(params, keys))
+    delta = optax_delta(cost, shape, n)
+    if delta is not None:
+        import warnings
+        fn = jax.jit(jax.vmap(delta))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")                          # deprecated since optax 0.2.4
+            jax.block_until_ready(fn(keys))                          # traced and compiled here
+        out["reinforce-delta"] = lambda fn=fn: jax.block_until_ready(fn(keys))
     return out
+
+
+def optax_delta(cost, shape, n: int):
+    """One estimate of optax 0.2.6's score function with the delta-method control variate and its
+    estimated coefficient (a pilot of ``n`` samples), as a function of a key; None without optax
+    or for a vector event (the optax reference asks for the cost of one sample)."""
+    import warnings
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")                          # deprecated since optax 0.2.4
+            from optax._src.utils import multi_normal
+            from optax.monte_carlo import control_variates, stochastic_gradient_estimators
+    except ImportError:
+        return None
+    if shape:
+        return None
+    import jax.numpy as jnp
+    params = (jnp.ones((1,), jnp.float32), jnp.zeros((1,), jnp.float32))   # loc, log_scale
+
+    def estimate(key):
+        jacobians, _ = control_variates.control_variates_jacobians(
+            lambda x: jnp.sum(cost(x)), control_variates.control_delta_method,
+            stochastic_gradient_estimators.score_function_jacobians, params, multi_normal, key, n,
+            None, estimate_cv_coeffs=True, estimate_cv_coeffs_num_samples=n)
+        return [j.mean(0) for j in jacobians]
+    return estimate
 
 
 PEAK_MEMORY_SNIPPET = """
@@ -132,7 +174,7 @@ def main() -> None:
     print(f"R={r}, N={n}, torch {torch.__version__}; engine at 1 and at torch's default {many} threads; "
           f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at start; "
           f"JAX {'on one thread' if args.jax_one_thread else 'on its default threads'}")
-    print(f"{'problem':<24}{'estimator':<11}{'loop':>9}{'engine 1t':>11}{f'engine {many}t':>11}{'draws':>8}"
+    print(f"{'problem':<24}{'estimator':<16}{'loop':>9}{'engine 1t':>11}{f'engine {many}t':>11}{'draws':>8}"
           f"{'jax':>8}{'loop/eng':>10}{'eng/jax':>9}{'draws/jax':>10}   (us per estimate)")
     for spec in PROBLEMS:
         problem = gn.make_problem(spec)
@@ -153,7 +195,7 @@ def main() -> None:
             noise = torch.empty(r * n * problem.event_numel())
             with torch_threads(1):
                 draws = best_of(noise.normal_, args.repeats)
-            print(f"{problem.name:<24}{name:<11}{loop * us:>9.1f}{one * us:>11.2f}{multi * us:>11.2f}"
+            print(f"{problem.name:<24}{name:<16}{loop * us:>9.1f}{one * us:>11.2f}{multi * us:>11.2f}"
                   f"{draws * us:>8.2f}{jax_s * us:>8.2f}{loop / one:>9.0f}x{one / jax_s:>8.2f}x{draws / jax_s:>9.2f}x")
     print(f"load average {os.getloadavg()[0]:.1f} at the end")
     for name in ["reinforce", "reparam"]:
