@@ -209,7 +209,7 @@ def test_cli_output_has_no_numpy_or_scipy_warnings(tmp_path, capfd):
     assert main(["compare", BEFORE, AFTER, "--results-dir", root, "--out-dir", str(tmp_path / "cmp")]) == 0
     out, err = capfd.readouterr()
     assert "Warning" not in out + err, out + err
-    assert out.startswith("1 regressed, 0 improved, 5 unchanged, 0 skipped, 0 failed")
+    assert out.startswith("1 regressed, 0 improved, 5 unchanged, 0 untestable, 0 skipped, 0 failed")
     text = (tmp_path / "cmp" / "comparison.md").read_text()
     assert "| `track_bias_excess` | reparam, 100 | 0 [0, 0] | " in text and "| ∞ |" in text
     assert text.startswith(f"# Benchmarks: {AFTER[:8]} vs {BEFORE[:8]}")
