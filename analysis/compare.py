@@ -35,10 +35,15 @@ of percent between runs of the same code, a shift the test resolves. The default
 benchmark is 1 + its ``regressions_thresholds`` entry in ``asv.conf.json`` (the largest
 ``re.match``-ing key, as ``asv publish`` does; :data:`DEFAULT_THRESHOLDS` without a config),
 so ``compare`` and ``asv publish`` flag the same size of change; ``--factor`` sets one factor
-for all. Rows whose samples were not recorded (no ``--record-samples``) or that have fewer than
-two samples a side cannot be tested: their p-value is NaN and the verdict uses asv's stored 99%
-intervals (``stats_ci_99_a/b``) instead: non-overlapping intervals and a ratio beyond the factor
-give a verdict (``test`` says ``ci-overlap``).
+for all. Rows whose samples were not recorded (no ``--record-samples``) but rest on at least two
+samples a side have a NaN p-value, and the verdict uses asv's stored 99% intervals
+(``stats_ci_99_a/b``) instead: non-overlapping intervals and a ratio beyond the factor give a
+verdict (``test`` says ``ci-overlap``, ``reason`` says why). Rows with fewer than two samples a
+side (``asv run --quick`` times a benchmark once; asv's interval is then infinite) or one plain
+value without samples or stats (``peakmem_*``) cannot be tested at all: their verdict is
+``untestable``, with the ratio, and ``reason`` says why and whether the ratio is beyond the factor.
+A side that is exactly 0 (a zero-variance estimator's variance) is compared on medians
+(Mann-Whitney); ``reason`` says which side is 0.
 
 Cells asv skipped (``NotImplementedError`` in ``setup``: the estimator does not apply; stored as
 NaN) are ``skipped``, as are cells benchmarked on one side only (a benchmark or parameter added
@@ -497,7 +502,7 @@ def factor_summary(df: pd.DataFrame) -> str:
     for fam, g in groups:
         fs = sorted(set(g["factor"].round(6)))
         parts.append(f"{fam} {'/'.join(f'{f:g}' for f in fs)}")
-    return ", ".join(parts)
+    return ", ".join(parts) or "none (no cell was judged)"
 
 
 def comparison_markdown(df: pd.DataFrame, before: str, after: str, *, alpha: float = ALPHA, level: float = LEVEL,
@@ -532,7 +537,7 @@ def comparison_markdown(df: pd.DataFrame, before: str, after: str, *, alpha: flo
         beyond = int(untestable["reason"].str.contains("beyond the factor").sum())
         lines += ["", f"## Untestable ({len(untestable)})", "",
                   f"Too few samples to test (one a side: `asv run --quick`, or a value stored without samples or "
-                  f"interval); not counted as unchanged. {beyond} of them have a ratio beyond their factor. Largest "
+                  f"interval); not counted as unchanged. With a ratio beyond their factor: {beyond}. Largest "
                   "ratios first; rerun both sides with `asv run --record-samples` (no `--quick`) to test them.", "",
                   _table(["benchmark", "cell", "before", "after", "ratio", "why"],
                          [[f"`{short_name(r.benchmark)}`", r.cell, fmt(r.before), fmt(r.after), fmt(r.ratio),
