@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # modules that contribute sub-commands, in --help order
@@ -36,10 +37,55 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _ReaderMayLeave:
+    """``sys.stdout`` for a reader that may stop reading (``gradnoise compare ... | head -1``).
+
+    At the first ``BrokenPipeError`` the standard output's file descriptor is pointed at
+    ``os.devnull``, as Python's documentation recommends (the note on SIGPIPE in :mod:`signal`),
+    and the command goes on: it still writes its files, and its exit status (1 from
+    ``--fail-on-regression``) is kept, not turned into an error about the pipe. Everything else is
+    the wrapped stream's.
+    """
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def _divert(self) -> None:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, self._stream.fileno())
+        os.close(devnull)
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._divert()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._divert()
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    stdout = sys.stdout
+    if hasattr(stdout, "fileno"):
+        try:
+            stdout.fileno()
+        except (OSError, ValueError):    # a stream without a descriptor (e.g. captured by a test)
+            pass
+        else:
+            sys.stdout = _ReaderMayLeave(stdout)
     try:
-        return args.func(args)
+        status = args.func(args)
+        sys.stdout.flush()
+        return status
     except USER_ERRORS as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
         print(f"gradnoise {args.command}: error: {message}", file=sys.stderr)
@@ -47,3 +93,5 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"gradnoise {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        sys.stdout = stdout

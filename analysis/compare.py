@@ -35,10 +35,15 @@ of percent between runs of the same code, a shift the test resolves. The default
 benchmark is 1 + its ``regressions_thresholds`` entry in ``asv.conf.json`` (the largest
 ``re.match``-ing key, as ``asv publish`` does; :data:`DEFAULT_THRESHOLDS` without a config),
 so ``compare`` and ``asv publish`` flag the same size of change; ``--factor`` sets one factor
-for all. Rows whose samples were not recorded (no ``--record-samples``) or that have fewer than
-two samples a side cannot be tested: their p-value is NaN and the verdict uses asv's stored 99%
-intervals (``stats_ci_99_a/b``) instead: non-overlapping intervals and a ratio beyond the factor
-give a verdict (``test`` says ``ci-overlap``).
+for all. Rows whose samples were not recorded (no ``--record-samples``) but rest on at least two
+samples a side have a NaN p-value, and the verdict uses asv's stored 99% intervals
+(``stats_ci_99_a/b``) instead: non-overlapping intervals and a ratio beyond the factor give a
+verdict (``test`` says ``ci-overlap``, ``reason`` says why). Rows with fewer than two samples a
+side (``asv run --quick`` times a benchmark once; asv's interval is then infinite) or one plain
+value without samples or stats (``peakmem_*``) cannot be tested at all: their verdict is
+``untestable``, with the ratio, and ``reason`` says why and whether the ratio is beyond the factor.
+A side that is exactly 0 (a zero-variance estimator's variance) is compared on medians
+(Mann-Whitney); ``reason`` says which side is 0.
 
 Cells asv skipped (``NotImplementedError`` in ``setup``: the estimator does not apply; stored as
 NaN) are ``skipped``, as are cells benchmarked on one side only (a benchmark or parameter added
@@ -78,7 +83,9 @@ COMPARE_COLUMNS = [
     "after", "after_ci_low", "after_ci_high", "ratio", "ratio_ci_low", "ratio_ci_high",
     "n_before", "n_after", "test", "p_value", "p_adjusted", "verdict", "family", "factor", "reason",
 ]
-VERDICTS = ("regressed", "improved", "unchanged", "skipped", "failed")
+VERDICTS = ("regressed", "improved", "unchanged", "untestable", "skipped", "failed")
+#: Verdicts of cells that were not judged (no test ran, or none could).
+NOT_JUDGED = ("untestable", "skipped", "failed")
 FAMILY_ORDER = {"time": 0, "memory": 1, "variance": 2, "MSE": 3, "bias": 4, "1/SNR": 5}
 #: How ``reason`` begins for a cell compared across a change of its benchmark's parameters.
 BRIDGED = "compared on the cell label"
@@ -151,14 +158,21 @@ def results_dir_from_config(config: str | None) -> str:
     return os.path.join(os.path.dirname(os.path.abspath(path)), conf.results_dir)
 
 
+def load_results_file(path: str, machine: str | None = None):
+    """``asv.results.Results.load(path)``, or a one-line ``ValueError`` naming the file (a truncated
+    or corrupted file, which ``asv.results.iter_results`` would skip with only a log warning)."""
+    try:
+        return asv_results.Results.load(path, machine_name=machine)
+    except (asv_util.UserError, KeyError, ValueError, TypeError, IndexError, OSError) as err:
+        raise ValueError(f"{path} is not a readable asv results file ({err})") from None
+
+
 def _load_folder(path: str) -> list:
     if os.path.isfile(path):
-        try:
-            return [asv_results.Results.load(path)]
-        except (asv_util.UserError, KeyError, ValueError, OSError) as err:
-            raise ValueError(f"{path} is not an asv results file ({err})") from None
+        return [load_results_file(path)]
     # a results folder (machine sub-folders with machine.json), or a machine folder itself
-    return list(asv_results.iter_results(path))
+    return [load_results_file(os.path.join(root, name), machine)
+            for root, name, machine in asv_results.iter_results_paths(path)]
 
 
 def load_side(spec: str, *, results_dir: str | None = None, machine: str | None = None,
@@ -200,7 +214,10 @@ def load_side(spec: str, *, results_dir: str | None = None, machine: str | None 
     if len(hits) > 1:
         raise ValueError(f"commit {spec!r} has results on machines {', '.join(sorted(hits))}; choose one with --machine")
     (m, h), = hits.items()
-    found = list(asv_results.iter_results_for_machine_and_hash(results_dir, m, h))
+    # asv's iter_results_for_machine_and_hash, but a broken file is named, not skipped
+    found = [load_results_file(os.path.join(root, name), machine_name)
+             for root, name, machine_name in asv_results.iter_results_paths(os.path.join(results_dir, m))
+             if name.split("-")[0] == h]
     return Side(f"{spec} ({h[:8]} on {m})", tuple(found))
 
 
@@ -208,7 +225,9 @@ def tidy_results(side: Side) -> pd.DataFrame:
     """One row per benchmark x parameter combination x env: value, samples and asv's 99% CI.
 
     ``cell`` is the combination's :func:`cell_label`, ``axes`` the benchmark's number of
-    parameters. ``status`` is ``ok``, ``skipped`` (asv stored NaN: ``NotImplementedError`` in
+    parameters, ``n`` the number of samples behind ``value``: the stored samples, else asv's
+    ``stats["repeat"]`` (``asv run --quick`` takes one), else 1 (a plain value with no samples and
+    no interval, as asv stores ``peakmem_*``). ``status`` is ``ok``, ``skipped`` (asv stored NaN: ``NotImplementedError`` in
     ``setup``) or ``failed`` (asv stored null: an error, a timeout, or a failed ``setup_cache`` or
     build).
     """
@@ -228,11 +247,12 @@ def tidy_results(side: Side) -> pd.DataFrame:
                     "version": res.benchmark_version.get(key),
                     "value": np.nan if value is None else float(value),
                     "samples": None if samp is None else [float(s) for s in samp],
+                    "n": len(samp) if samp is not None else int(st.get("repeat") or 1) if st else 1,
                     "ci_99_a": np.nan if not st else float(st.get("ci_99_a", np.nan)),
                     "ci_99_b": np.nan if not st else float(st.get("ci_99_b", np.nan)),
                 })
     return pd.DataFrame(rows, columns=["benchmark", "cell", "axes", "env", "status", "version", "value", "samples",
-                                       "ci_99_a", "ci_99_b"])
+                                       "n", "ci_99_a", "ci_99_b"])
 
 
 def benchmark_kind(name: str) -> str:
@@ -313,6 +333,35 @@ def _bridged(r) -> str:
     return f"{BRIDGED} across a change of the benchmark's parameters ({int(r.axes_b)} -> {int(r.axes_a)})"
 
 
+def _join(*parts: str) -> str:
+    return "; ".join(p for p in parts if p)
+
+
+def _zero_note(before: float, after: float) -> str:
+    """The ``reason`` of a quantity that is exactly 0 on a side (a zero-variance estimator), else ``""``."""
+    if before == 0 and after == 0:
+        return "exactly 0 before and after"
+    if before == 0 or after == 0:
+        return f"exactly 0 {'before' if before == 0 else 'after'}: the ratio is {'infinite' if before == 0 else '0'}"
+    return ""
+
+
+def _untestable_reason(n_before: int, n_after: int, plain: bool, ratio: float, factor: float) -> str:
+    """Why a cell could not be tested (``plain``: asv stored one value a side, without samples or
+    stats), with where its ratio lies against the factor."""
+    if plain:
+        why = "one value a side, no samples and no interval (asv stores only the value, as for peakmem_*)"
+    else:
+        plural = lambda n: f"{n} sample" + ("" if n == 1 else "s")  # noqa: E731
+        why = (f"{plural(n_before)} before and {n_after} after (asv run --quick takes one): too few to test"
+               if min(n_before, n_after) < 2 else "no finite 99% interval on a side: nothing to test with")
+    if not np.isfinite(ratio) or ratio > factor or ratio < 1 / factor:
+        where = f"the ratio {fmt(ratio)} is beyond the factor {factor:g}, untested"
+    else:
+        where = f"the ratio {fmt(ratio)} is within the factor {factor:g}"
+    return f"{why}; {where}"
+
+
 def compare_results(before: pd.DataFrame, after: pd.DataFrame, *, alpha: float = ALPHA, factor: float | None = None,
                     level: float = LEVEL, thresholds: dict[str, float] | None = None) -> pd.DataFrame:
     """Compare two :func:`tidy_results` frames; see the module docstring for tests and verdicts.
@@ -354,13 +403,25 @@ def compare_results(before: pd.DataFrame, after: pd.DataFrame, *, alpha: float =
                 row.update(before=r.value_b, after=r.value_a, test="none", p_value=np.nan, verdict="skipped",
                            reason=f"skipped {' and '.join(sides)} (NotImplementedError in setup: does not apply)")
             elif sb is not None and sa is not None and len(sb) >= 2 and len(sa) >= 2:
-                row.update(compare_pair(sb, sa, kind, level=level), reason=_bridged(r))
+                row.update(compare_pair(sb, sa, kind, level=level))
+                row["reason"] = _join(_bridged(r), _zero_note(row["before"], row["after"]))
             else:
-                row.update(before=r.value_b, before_ci_low=r.ci_99_a_b, before_ci_high=r.ci_99_b_b,
-                           after=r.value_a, after_ci_low=r.ci_99_a_a, after_ci_high=r.ci_99_b_a,
-                           ratio=r.value_a / r.value_b if r.value_b else (1.0 if r.value_a == 0 else np.inf),
-                           test="ci-overlap", p_value=np.nan, n_before=len(sb or []), n_after=len(sa or []),
-                           reason=_bridged(r))
+                ratio = r.value_a / r.value_b if r.value_b else (1.0 if r.value_a == 0 else np.inf)
+                row.update(before=r.value_b, after=r.value_a, ratio=ratio, p_value=np.nan,
+                           n_before=int(r.n_b), n_after=int(r.n_a))
+                intervals = (r.ci_99_a_b, r.ci_99_b_b, r.ci_99_a_a, r.ci_99_b_a)
+                # one value a side with neither samples nor stats (asv's peakmem_*, a plain track value)
+                plain = sb is None and sa is None and bool(np.all(np.isnan(intervals)))
+                if r.n_b >= 2 and r.n_a >= 2 and np.all(np.isfinite(intervals)):
+                    row.update(before_ci_low=r.ci_99_a_b, before_ci_high=r.ci_99_b_b, after_ci_low=r.ci_99_a_a,
+                               after_ci_high=r.ci_99_b_a, test="ci-overlap",
+                               reason=_join("samples not recorded (asv run without --record-samples): "
+                                            "asv's 99% intervals compared", _bridged(r),
+                                            _zero_note(r.value_b, r.value_a)))
+                else:
+                    row.update(test="none", verdict="untestable",
+                               reason=_join(_untestable_reason(r.n_b, r.n_a, plain, ratio, row["factor"]),
+                                            _bridged(r)))
             rows.append(row)
     df = pd.DataFrame(rows, columns=COMPARE_COLUMNS)
     tested = df["p_value"].notna()
@@ -369,7 +430,7 @@ def compare_results(before: pd.DataFrame, after: pd.DataFrame, *, alpha: float =
         df.loc[tested, "p_adjusted"] = stats.false_discovery_control(df.loc[tested, "p_value"].to_numpy(float), method="bh")
     verdicts = []
     for _, r in df.iterrows():
-        if r["verdict"] in ("failed", "skipped"):
+        if r["verdict"] in NOT_JUDGED:
             verdicts.append(r["verdict"])
             continue
         if r["test"] == "ci-overlap":
@@ -435,13 +496,13 @@ def changed_rows(df: pd.DataFrame, verdict: str) -> pd.DataFrame:
 
 def factor_summary(df: pd.DataFrame) -> str:
     """``time 2, memory 1.2, ...``: the factor each family was judged with."""
-    tested = df[~df["verdict"].isin(["skipped", "failed"])]
+    tested = df[~df["verdict"].isin(NOT_JUDGED)]
     parts = []
     groups = sorted(tested.groupby("family", sort=False), key=lambda fg: FAMILY_ORDER.get(fg[0], len(FAMILY_ORDER)))
     for fam, g in groups:
         fs = sorted(set(g["factor"].round(6)))
         parts.append(f"{fam} {'/'.join(f'{f:g}' for f in fs)}")
-    return ", ".join(parts)
+    return ", ".join(parts) or "none (no cell was judged)"
 
 
 def comparison_markdown(df: pd.DataFrame, before: str, after: str, *, alpha: float = ALPHA, level: float = LEVEL,
@@ -471,6 +532,16 @@ def comparison_markdown(df: pd.DataFrame, before: str, after: str, *, alpha: flo
                                    "–" if np.isnan(r.p_adjusted) else f"{r.p_adjusted:.2g}" + (
                                        "" if r.test != "ci-overlap" else " (99% intervals apart)")]
                                   for r in sub.itertuples()])]
+    untestable = changed_rows(df, "untestable")
+    if len(untestable):
+        beyond = int(untestable["reason"].str.contains("beyond the factor").sum())
+        lines += ["", f"## Untestable ({len(untestable)})", "",
+                  f"Too few samples to test (one a side: `asv run --quick`, or a value stored without samples or "
+                  f"interval); not counted as unchanged. With a ratio beyond their factor: {beyond}. Largest "
+                  "ratios first; rerun both sides with `asv run --record-samples` (no `--quick`) to test them.", "",
+                  _table(["benchmark", "cell", "before", "after", "ratio", "why"],
+                         [[f"`{short_name(r.benchmark)}`", r.cell, fmt(r.before), fmt(r.after), fmt(r.ratio),
+                           r.reason] for r in untestable.itertuples()])]
     failed = df[df["verdict"] == "failed"]
     if len(failed):
         lines += ["", f"## Failed ({len(failed)})", "",
@@ -487,7 +558,8 @@ def comparison_markdown(df: pd.DataFrame, before: str, after: str, *, alpha: flo
     lines += ["", "Method: timings and memory: medians with order-statistic intervals, ratio with a bootstrap "
               "interval, Mann-Whitney U; quality tracks: geometric means of batch estimates, Welch t-test on "
               "the log scale, or Mann-Whitney U where a side is 0 (the bias excess of an unbiased estimator); see "
-              "`gradnoise compare --help`. Skipped: the estimator does not apply to the cell."]
+              "`gradnoise compare --help`. Untestable: too few samples a side for any test. Skipped: the "
+              "estimator does not apply to the cell."]
     return "\n".join(lines) + "\n"
 
 
@@ -495,10 +567,12 @@ def forest_plot(df: pd.DataFrame, *, level: float = LEVEL, max_changed: int = 15
     """Ratios (after / before) with their intervals on a log axis, one panel per family.
 
     Each panel shows the family's regressed and improved cells (the ``max_changed`` largest
-    effects) and its ``unchanged`` largest unchanged effects (grey), so that a pull request shows
-    both what moved and how far the rest moved by chance; the band is the family's factor, the
-    line 1 = no change. An infinite ratio (0 -> positive) is drawn as a triangle at the right
-    edge. Returns the matplotlib ``Figure``.
+    effects), its ``unchanged`` largest unchanged effects (grey), so that a pull request shows
+    both what moved and how far the rest moved by chance, and its untestable cells with the
+    ``max_changed`` largest ratios (hollow orange, no interval: too few samples to test); the
+    band is the family's factor, the line 1 = no change. An infinite ratio (0 -> positive) is
+    drawn as a triangle at the right edge, a ratio of 0 (positive -> 0) at the left edge.
+    Returns the matplotlib ``Figure``.
     """
     import matplotlib
 
@@ -506,13 +580,13 @@ def forest_plot(df: pd.DataFrame, *, level: float = LEVEL, max_changed: int = 15
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-    colours = {"regressed": "#d62728", "improved": "#2ca02c", "unchanged": "#7f7f7f"}
-    tested = df[df["verdict"].isin(colours) & np.isfinite(df["ratio"].astype(float).fillna(np.inf)) | (
-        df["verdict"].isin(["regressed", "improved"]))]
+    colours = {"regressed": "#d62728", "improved": "#2ca02c", "unchanged": "#7f7f7f", "untestable": "#ff7f0e"}
+    tested = df[df["verdict"].isin(colours) & df["ratio"].astype(float).notna()]
     panels = []
     for fam, g in tested.groupby("family", sort=False):
         changed = pd.concat([changed_rows(g, "regressed"), changed_rows(g, "improved")]).head(max_changed)
-        panels.append((fam, pd.concat([changed, changed_rows(g, "unchanged").head(unchanged)])))
+        panels.append((fam, pd.concat([changed, changed_rows(g, "unchanged").head(unchanged),
+                                       changed_rows(g, "untestable").head(max_changed)])))
     panels.sort(key=lambda p: FAMILY_ORDER.get(p[0], len(FAMILY_ORDER)))
     if not panels:
         fig, ax = plt.subplots(figsize=(8, 1.5))
@@ -538,14 +612,17 @@ def forest_plot(df: pd.DataFrame, *, level: float = LEVEL, max_changed: int = 15
         ax.axvline(1, color="black", lw=0.8)
         for yi, r, l_, h_, v in zip(y, ratios, lo, hi, g["verdict"]):
             c = colours[v]
-            if np.isinf(r):
-                ax.plot([right / 1.15], [yi], marker=">", color=c, ms=8, ls="none")
-                ax.annotate("0 → >0", (right / 1.15, yi), xytext=(-10, 0), textcoords="offset points",
-                            ha="right", va="center", fontsize=8, color=c)
+            hollow = {"markerfacecolor": "none"} if v == "untestable" else {}
+            if np.isinf(r) or r == 0:
+                edge = right / 1.15 if r > 0 else left * 1.15
+                ax.plot([edge], [yi], marker=">" if r > 0 else "<", color=c, ms=8, ls="none", **hollow)
+                ax.annotate("0 → >0" if r > 0 else ">0 → 0", (edge, yi), xytext=(-10 if r > 0 else 10, 0),
+                            textcoords="offset points", ha="right" if r > 0 else "left", va="center", fontsize=8,
+                            color=c)
                 continue
             if np.isfinite(l_) and np.isfinite(h_) and l_ > 0:
                 ax.plot([max(l_, left), min(h_, right)], [yi, yi], color=c, lw=2, solid_capstyle="butt")
-            ax.plot([min(max(r, left), right)], [yi], marker="o", color=c, ms=5, ls="none")
+            ax.plot([min(max(r, left), right)], [yi], marker="o", color=c, ms=5, ls="none", **hollow)
         ax.set_xscale("log")
         ax.set_xlim(left, right)
         ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0) if span < 2 else (1.0,)))
@@ -560,7 +637,8 @@ def forest_plot(df: pd.DataFrame, *, level: float = LEVEL, max_changed: int = 15
         ax.grid(True, axis="x", which="major", alpha=0.3)
         ax.tick_params(axis="x", labelsize=8)
     axes[-1, 0].set_xlabel(f"ratio after / before (log scale; > 1 is worse), with its {level:.0%} interval\n"
-                           "red: regressed, green: improved, grey: unchanged (largest effects); shaded: the factor")
+                           "red: regressed, green: improved, grey: unchanged (largest effects), hollow orange: "
+                           "untestable (too few samples; ratio only); shaded: the factor")
     fig.tight_layout()
     return fig
 
@@ -611,10 +689,22 @@ def run_compare(args: argparse.Namespace) -> int:
         for r in changed_rows(df, verdict).itertuples():
             print(f"  {r.verdict:9s} {r.benchmark}({r.cell}) ratio {_with_interval(r.ratio, r.ratio_ci_low, r.ratio_ci_high)}"
                   f" p_adj={fmt(r.p_adjusted, 2)}")
+    beyond = changed_rows(df, "untestable")
+    beyond = beyond[beyond["reason"].str.contains("beyond the factor")]
+    for r in beyond.head(10).itertuples():
+        print(f"  untestable {r.benchmark}({r.cell}) ratio {fmt(r.ratio)} ({r.n_before} and {r.n_after} samples)")
+    if len(beyond) > 10:
+        print(f"  ... and {len(beyond) - 10} more untestable cells beyond their factor")
     for r in df[df["verdict"] == "failed"].itertuples():
         print(f"  failed    {r.benchmark}({r.cell}): {r.reason}")
     print("wrote " + ", ".join(written))
-    return 1 if args.fail_on_regression and counts["regressed"] else 0
+    if counts["untestable"] and (args.fail_on_regression or args.fail_on_untestable):
+        print(f"{'--fail-on-untestable' if args.fail_on_untestable else '--fail-on-regression'}: "
+              f"{counts['untestable']} cells could not be tested (too few samples a side), {len(beyond)} of them "
+              "with a ratio beyond their factor" + ("; they fail" if args.fail_on_untestable else
+                                                   "; not a failure without --fail-on-untestable"))
+    failing = (args.fail_on_regression and counts["regressed"]) or (args.fail_on_untestable and counts["untestable"])
+    return 1 if failing else 0
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -626,8 +716,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "track_* quantities such as variance: Welch t-test on log batch estimates) and a verdict\n"
         "regressed / improved / unchanged at Benjamini-Hochberg FDR ALPHA and a ratio beyond the\n"
         "benchmark's factor (default: 1 + its regressions_thresholds entry in asv.conf.json, so\n"
-        "timing noise on a shared machine is not a regression), or skipped (asv skipped it: the\n"
-        "estimator does not apply) or failed (asv recorded an error). Samples must have been\n"
+        "timing noise on a shared machine is not a regression), untestable (fewer than two samples\n"
+        "a side, as `asv run --quick` stores: the ratio and the reason only), skipped (asv skipped\n"
+        "it: the estimator does not apply) or failed (asv recorded an error). Samples must have been\n"
         "stored (`asv run --record-samples`); without them asv's 99% intervals are compared.\n"
         "--out-dir writes comparison.csv, comparison.md (for a pull request) and comparison.png.",
         epilog="examples:\n"
@@ -650,5 +741,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="require ratio > FACTOR (or < 1/FACTOR) for a verdict, for every benchmark "
                    "(default: per family, 1 + the config's regressions_thresholds)")
     p.add_argument("--level", type=float, default=LEVEL, help="confidence level of the intervals (default: %(default)s)")
-    p.add_argument("--fail-on-regression", action="store_true", help="exit 1 if anything regressed")
+    p.add_argument("--fail-on-regression", action="store_true",
+                   help="exit 1 if anything regressed (and say how many cells could not be tested)")
+    p.add_argument("--fail-on-untestable", action="store_true",
+                   help="exit 1 if any cell had too few samples to test (e.g. `asv run --quick` results)")
     p.set_defaults(func=run_compare)

@@ -6,15 +6,23 @@ API (:mod:`asv.results`) and writes
 * ``history.csv``: one row per commit x benchmark x cell x asv environment (a cell is matched
   across commits on its label, :func:`~gradnoise.analysis.compare.cell_label`, whatever the
   benchmark's parameter layout at each commit):
-  ``commit, date, subject, env, benchmark, cell, status, value, ci_low, ci_high``. ``value`` is
-  what asv stores (the median of the samples), ``ci_low``/``ci_high`` asv's 99% interval of it;
+  ``commit, date, subject, env, benchmark, cell, status, value, ci_low, ci_high, samples``.
+  ``value`` is what asv stores (the median of the samples), ``ci_low``/``ci_high`` asv's 99%
+  interval of it, ``samples`` the number of samples behind it (the stored samples, else asv's
+  ``stats["repeat"]``; empty where asv stores one plain value by design, as for ``peakmem_*``);
   ``status`` is ``ok``, ``skipped`` (asv: the benchmark does not apply), ``failed`` (asv stored no
-  value) or ``missing`` (the commit has no results: a gap in the range).
+  value), ``missing`` (the commit has no results: a gap in the range) or ``unreadable`` (its
+  results file is truncated or corrupted; asv's own readers skip such a file with a log warning).
 * ``history.md``: the steps, largest first, each named with the commit's hash and subject line,
-  then the gaps, then the figures.
+  then the single-sample points, then the gaps, then the figures.
 * one PNG per benchmark with a step: the value over commits with its interval, one line per
-  cell that stepped; the step commits are marked and labelled. A gap (missing or failed commit)
-  is shaded and labelled on the axis; the line joins the commits on either side of it.
+  cell that stepped; the step commits are marked and labelled. A gap (missing, failed or
+  unreadable commit) is shaded and labelled on the axis; the line joins the commits on either
+  side of it. Single-sample points are hollow.
+
+Single-sample points (``samples`` = 1: ``asv run --quick`` times a benchmark once, and one cold
+sample runs several times above a full run's median) are left out of step detection by default,
+as if missing, and counted in the report; ``include_single`` (``--include-quick``) includes them.
 
 Steps are found as ``asv publish`` finds them: :func:`asv.step_detect.detect_steps` fits a
 piecewise-constant function to the series (missing points left out, each point weighted by the
@@ -45,13 +53,14 @@ from asv import _stats as asv_stats
 from asv import results as asv_results
 from asv import step_detect
 
-from gradnoise.io import atomic_write_csv, atomic_write_text
+from gradnoise.io import atomic_write_csv, atomic_write_text, fmt
 
-from .compare import (asv_machines, benchmark_family, cell_label, results_dir_from_config, short_name,
-                      threshold_for, thresholds_from_config)
+from .compare import (asv_machines, benchmark_family, cell_label, load_results_file, results_dir_from_config,
+                      short_name, threshold_for, thresholds_from_config)
 from .sweep import check_output_dir
 
-HISTORY_COLUMNS = ["commit", "date", "subject", "env", "benchmark", "cell", "status", "value", "ci_low", "ci_high"]
+HISTORY_COLUMNS = ["commit", "date", "subject", "env", "benchmark", "cell", "status", "value", "ci_low", "ci_high",
+                   "samples"]
 STEP_COLUMNS = ["benchmark", "cell", "env", "direction", "commit", "subject", "previous_commit", "before", "after",
                 "ratio"]
 #: Families plotted and reported by default (``--bench`` selects any benchmark).
@@ -87,7 +96,8 @@ def commits_in_order(results: dict[str, list], repo: str, range_spec: str | None
     known = _git(repo, "rev-list", "--reverse", "--topo-order", "--all") or ""
     order = {c: i for i, c in enumerate(known.split())}
     in_git = sorted((c for c in results if c in order), key=order.get)
-    others = sorted((c for c in results if c not in order), key=lambda c: min(r.date or 0 for r in results[c]))
+    others = sorted((c for c in results if c not in order),
+                    key=lambda c: min((r.date or 0 for r in results[c]), default=0))
     return in_git + others
 
 
@@ -96,14 +106,24 @@ def load_history(range_spec: str | None = None, *, results_dir: str | None = Non
     """The tidy history (``HISTORY_COLUMNS``) of the selected benchmarks over the commits.
 
     ``bench`` is a regular expression searched in the full benchmark name (default: the tracked
-    quality families, :data:`TRACKED_FAMILIES`).
+    quality families, :data:`TRACKED_FAMILIES`). A results file that cannot be read makes its
+    commit's cells ``unreadable``; ``history.attrs["unreadable"]`` maps such a commit to
+    ``"path (error)"``.
     """
     results_dir = results_dir or results_dir_from_config(None)
     machine = _machines(results_dir, machine)
     by_commit: dict[str, list] = {}
-    for res in asv_results.iter_results_for_machine(results_dir, machine):
+    unreadable: dict[str, str] = {}      # commit (full hash where git knows it) -> "path (error)"
+    for root, name, machine_name in asv_results.iter_results_paths(os.path.join(results_dir, machine)):
+        try:
+            res = load_results_file(os.path.join(root, name), machine_name)
+        except ValueError as err:
+            prefix = name.split("-")[0]
+            full = (_git(repo, "rev-parse", "--verify", "--quiet", f"{prefix}^{{commit}}") or "").strip() or prefix
+            unreadable[full] = str(err)
+            continue
         by_commit.setdefault(res.commit_hash, []).append(res)
-    if not by_commit:
+    if not by_commit and not unreadable:
         raise ValueError(f"no asv results for machine {machine!r} in {results_dir}")
     try:
         pattern = re.compile(bench) if bench else None
@@ -114,7 +134,9 @@ def load_history(range_spec: str | None = None, *, results_dir: str | None = Non
         return bool(pattern.search(name)) if pattern else benchmark_family(name) in TRACKED_FAMILIES
 
     rows, cells = [], {}
-    commits = commits_in_order(by_commit, repo, range_spec)
+    commits = commits_in_order({**{c: [] for c in unreadable}, **by_commit}, repo, range_spec)
+    # a range lists full hashes; an unreadable file whose commit git did not resolve is a prefix
+    unreadable = {next((c for c in commits if c.startswith(k)), k): v for k, v in unreadable.items()}
     for commit in commits:
         for res in by_commit.get(commit, []):
             for key in sorted(res.get_all_result_keys()):
@@ -123,15 +145,18 @@ def load_history(range_spec: str | None = None, *, results_dir: str | None = Non
                 params = res.get_result_params(key)
                 values = res.get_result_value(key, params)
                 stats_ = res.get_result_stats(key, params)
+                samples = res.get_result_samples(key, params)
                 # matched on the label across commits, whatever the benchmark's parameter layout
                 labels = [cell_label(", ".join(c)) for c in itertools.product(*params)] if params else [""]
-                for cell, value, st in zip(labels, values, stats_):
+                for cell, value, st, samp in zip(labels, values, stats_, samples):
                     cells[(key, cell, res.env_name)] = None
                     status = "failed" if value is None else "skipped" if value != value else "ok"
                     rows.append({"commit": commit, "env": res.env_name, "benchmark": key, "cell": cell,
                                  "status": status, "value": np.nan if value is None else float(value),
                                  "ci_low": np.nan if not st else float(st.get("ci_99_a", np.nan)),
-                                 "ci_high": np.nan if not st else float(st.get("ci_99_b", np.nan))})
+                                 "ci_high": np.nan if not st else float(st.get("ci_99_b", np.nan)),
+                                 "samples": len(samp) if samp is not None else
+                                 st.get("repeat", np.nan) if st else np.nan})
     if not cells:
         raise ValueError("no benchmark in the results matches" + (f" --bench {bench!r}" if bench else
                                                                   " the tracked quality families; use --bench"))
@@ -140,11 +165,14 @@ def load_history(range_spec: str | None = None, *, results_dir: str | None = Non
     full = pd.MultiIndex.from_tuples([(c, e, b, k) for c in commits for (b, k, e) in cells],
                                      names=["commit", "env", "benchmark", "cell"])
     df = df.set_index(["commit", "env", "benchmark", "cell"]).reindex(full).reset_index()
-    df["status"] = df["status"].fillna("missing")
+    df["status"] = df["status"].fillna(df["commit"].map(lambda c: "unreadable" if c in unreadable else "missing"))
+    df["samples"] = df["samples"].astype("Int64")
     meta = commit_metadata(commits, by_commit, repo)
     df.insert(1, "date", df["commit"].map(lambda c: meta[c][0]))
     df.insert(2, "subject", df["commit"].map(lambda c: meta[c][1]))
-    return df[HISTORY_COLUMNS]
+    df = df[HISTORY_COLUMNS]
+    df.attrs["unreadable"] = {c: why for c, why in unreadable.items() if c in set(commits)}
+    return df
 
 
 def commit_metadata(commits: list[str], by_commit: dict[str, list], repo: str) -> dict[str, tuple[str, str]]:
@@ -180,8 +208,17 @@ def _steps_of(y: list, w: list, threshold: float) -> list[tuple[str, int, int, f
     return found
 
 
-def detect_history_steps(history: pd.DataFrame, thresholds: dict[str, float]) -> pd.DataFrame:
-    """Steps of every (benchmark, cell, env) series of :func:`load_history` (``STEP_COLUMNS``)."""
+def single_sample(history: pd.DataFrame) -> pd.Series:
+    """Points of :func:`load_history` measured from one sample (``asv run --quick``)."""
+    return (history["status"] == "ok") & (history["samples"] == 1).fillna(False).astype(bool)
+
+
+def detect_history_steps(history: pd.DataFrame, thresholds: dict[str, float], *,
+                         include_single: bool = False) -> pd.DataFrame:
+    """Steps of every (benchmark, cell, env) series of :func:`load_history` (``STEP_COLUMNS``).
+
+    Single-sample points (:func:`single_sample`) count as missing unless ``include_single``."""
+    history = history.assign(_used=(history["status"] == "ok") & (include_single | ~single_sample(history)))
     commits = list(dict.fromkeys(history["commit"]))
     subjects = dict(zip(history["commit"], history["subject"]))
     rows = []
@@ -189,7 +226,7 @@ def detect_history_steps(history: pd.DataFrame, thresholds: dict[str, float]) ->
         warnings.simplefilter("ignore", RuntimeWarning)
         for (bench, cell, env), g in history.groupby(["benchmark", "cell", "env"], sort=True):
             g = g.set_index("commit").reindex(commits)
-            ok = g["status"] == "ok"
+            ok = g["_used"].fillna(False).astype(bool)
             y = [float(v) if k else None for v, k in zip(g["value"], ok)]
             w = [asv_stats.get_weight({"ci_99_a": lo, "ci_99_b": hi}) if k and np.isfinite(lo) and np.isfinite(hi) else None
                  for lo, hi, k in zip(g["ci_low"], g["ci_high"], ok)]
@@ -204,8 +241,12 @@ def detect_history_steps(history: pd.DataFrame, thresholds: dict[str, float]) ->
     return df.assign(_e=effect).sort_values("_e", ascending=False, kind="stable").drop(columns="_e").reset_index(drop=True)
 
 
-def history_figure(history: pd.DataFrame, steps: pd.DataFrame, benchmark: str, *, max_cells: int = 8):
-    """One benchmark over commits: a line per stepped cell, 99% intervals, steps and gaps marked."""
+def history_figure(history: pd.DataFrame, steps: pd.DataFrame, benchmark: str, *, max_cells: int = 8,
+                   include_single: bool = False):
+    """One benchmark over commits: a line per stepped cell, 99% intervals, steps and gaps marked.
+
+    Single-sample points are hollow; unless ``include_single`` the line skips them, as step
+    detection does."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -219,24 +260,32 @@ def history_figure(history: pd.DataFrame, steps: pd.DataFrame, benchmark: str, *
     envs = {e for _, e in keys}
     fig, ax = plt.subplots(figsize=(max(8.0, 0.55 * len(commits) + 5.0), 4.5))
     sub = history[history["benchmark"] == benchmark]
+    sub = sub.assign(_single=single_sample(sub))
     positive = True
     for i, (cell, env) in enumerate(keys):
         g = sub[(sub["cell"] == cell) & (sub["env"] == env)].set_index("commit").reindex(commits)
         ok = (g["status"] == "ok").to_numpy()
-        x = np.arange(len(commits))[ok]
-        v, lo, hi = (g[c].to_numpy(float)[ok] for c in ("value", "ci_low", "ci_high"))
-        positive &= bool(np.all(v > 0))
+        single = g["_single"].fillna(False).to_numpy(bool)
+        used = ok & (include_single | ~single)
+        x = np.arange(len(commits))[used]
+        v, lo, hi = (g[c].to_numpy(float)[used] for c in ("value", "ci_low", "ci_high"))
+        positive &= bool(np.all(v > 0)) and bool(np.all(g["value"].to_numpy(float)[single] > 0))
         label = cell if len(envs) == 1 else f"{cell} ({env})"
         line, = ax.plot(x, v, marker="o", ms=5, lw=1.5, label=label)
+        if single.any():
+            ax.plot(np.arange(len(commits))[single], g["value"].to_numpy(float)[single], marker="o", ms=7, ls="none",
+                    markerfacecolor="none", color=line.get_color(),
+                    label="one sample (asv run --quick)" + ("" if include_single else ": not in step detection")
+                    if i == 0 else None)
         have = np.isfinite(lo) & np.isfinite(hi)
         ax.errorbar(x[have], v[have], yerr=[np.clip(v[have] - lo[have], 0, None), np.clip(hi[have] - v[have], 0, None)],
                     fmt="none", ecolor=line.get_color(), elinewidth=1.2, capsize=3)
-    gaps = sub.groupby("commit")["status"].agg(lambda s: "missing" if (s == "missing").all() else
-                                                "failed" if (s == "failed").all() else "")
+    gaps = sub.groupby("commit")["status"].agg(lambda s: next((k for k in ("missing", "failed", "unreadable")
+                                                               if (s == k).all()), ""))
     for commit, kind in gaps.items():
         if kind:
             ax.axvspan(x_of[commit] - 0.4, x_of[commit] + 0.4, color="#eeeeee", zorder=0)
-            ax.text(x_of[commit], 0.5, "no results" if kind == "missing" else "failed", rotation=90,
+            ax.text(x_of[commit], 0.5, {"missing": "no results"}.get(kind, kind), rotation=90,
                     transform=ax.get_xaxis_transform(), ha="center", va="center", fontsize=8, color="#666666")
     for commit in dict.fromkeys(mine["commit"]):
         ax.axvline(x_of[commit] - 0.5, color="#d62728", ls="--", lw=1)
@@ -264,27 +313,52 @@ def history_figure(history: pd.DataFrame, steps: pd.DataFrame, benchmark: str, *
     return fig
 
 
-def history_markdown(history: pd.DataFrame, steps: pd.DataFrame, figures: dict[str, str], range_spec: str | None) -> str:
-    """``history.md``: the steps (largest first, each with hash and subject), the gaps, the figures."""
+def single_sample_summary(history: pd.DataFrame, include_single: bool = False) -> str:
+    """``"N single-sample points (asv run --quick) at M commits left out of step detection ..."``,
+    or ``""`` when there are none."""
+    single = history[single_sample(history)]
+    if single.empty:
+        return ""
+    what = f"{len(single)} single-sample points (asv run --quick) at {single['commit'].nunique()} commits"
+    return what + (" included in step detection (--include-quick)" if include_single else
+                   " left out of step detection (--include-quick includes them)")
+
+
+def history_markdown(history: pd.DataFrame, steps: pd.DataFrame, figures: dict[str, str], range_spec: str | None,
+                     *, include_single: bool = False) -> str:
+    """``history.md``: the steps (largest first, each with hash and subject), the single-sample
+    points, the gaps, the figures."""
     commits = list(dict.fromkeys(history["commit"]))
     subjects = dict(zip(history["commit"], history["subject"]))
     status = history.groupby("commit")["status"]
     missing = [c for c in commits if (status.get_group(c) == "missing").all()]
     failed = {c: int((status.get_group(c) == "failed").sum()) for c in commits}
+    unreadable = history.attrs.get("unreadable", {})
     lines = [f"# Benchmark history: {range_spec or 'every commit with results'}", "",
              f"**{len(commits)} commits, {len(steps)} steps** ({int((steps['direction'] == 'regression').sum())} "
              f"regressions, {int((steps['direction'] == 'improvement').sum())} improvements) in "
              f"{history.groupby(['benchmark', 'cell', 'env']).ngroups} series; "
-             f"commits without results: {len(missing)}."]
+             f"commits without results: {len(missing)}; commits with unreadable results: {len(unreadable)}."]
+    single = single_sample_summary(history, include_single)
+    if single:
+        lines += ["", single[0].upper() + single[1:] + ": one cold sample is not the median of a full run, "
+                  "so a commit measured quickly would take the blame for its neighbours' level."]
     if len(steps):
         lines += ["", "## Steps", "", "| benchmark | cell | commit | before | after | ratio |", "|---|---|---|---|---|---|"]
         for r in steps.itertuples():
             arrow = "worse" if r.direction == "regression" else "better"
+            zero = ", exactly 0" if r.after == 0 else ", from exactly 0" if r.before == 0 else ""
             lines.append(f"| `{short_name(r.benchmark)}` | {r.cell} | `{r.commit[:8]}` {r.subject} | {r.before:.3g} | "
-                         f"{r.after:.3g} | {r.ratio:.3g} ({arrow}) |")
+                         f"{r.after:.3g} | {fmt(r.ratio)} ({arrow}{zero}) |")
     else:
         lines += ["", "No quantity stepped."]
-    gaps = [(c, "no results") for c in missing] + [(c, f"{n} cells failed") for c, n in failed.items() if n]
+    if single:
+        ok = history[history["status"] == "ok"].groupby("commit").size()
+        per = history[single_sample(history)].groupby("commit", sort=False).size()
+        lines += ["", "## Single-sample points", ""] + [
+            f"- `{c[:8]}` {subjects.get(c, '')}: {per[c]} of {ok[c]} points from one sample" for c in commits if c in per]
+    gaps = ([(c, "no results") for c in missing] + [(c, f"{n} cells failed") for c, n in failed.items() if n]
+            + [(c, f"results unreadable: {why}") for c, why in unreadable.items()])
     if gaps:
         lines += ["", "## Gaps", ""] + [f"- `{c[:8]}` {subjects.get(c, '')}: {why}" for c, why in gaps]
     for bench, path in figures.items():
@@ -300,7 +374,7 @@ def run_history(args: argparse.Namespace) -> int:
     check_output_dir(args.out_dir)
     results_dir = args.results_dir or results_dir_from_config(args.config)
     history = load_history(args.range, results_dir=results_dir, machine=args.machine, repo=args.repo, bench=args.bench)
-    steps = detect_history_steps(history, thresholds_from_config(args.config))
+    steps = detect_history_steps(history, thresholds_from_config(args.config), include_single=args.include_quick)
     os.makedirs(args.out_dir, exist_ok=True)
     atomic_write_csv(history, os.path.join(args.out_dir, "history.csv"))
     atomic_write_csv(steps, os.path.join(args.out_dir, "steps.csv"))
@@ -309,13 +383,22 @@ def run_history(args: argparse.Namespace) -> int:
     figures = {}
     for bench in dict.fromkeys(steps["benchmark"]):
         name = f"history-{short_name(bench)}.png"
-        fig = history_figure(history, steps, bench)
+        fig = history_figure(history, steps, bench, include_single=args.include_quick)
         fig.savefig(os.path.join(args.out_dir, name), dpi=110, bbox_inches="tight")
         plt.close(fig)
         figures[bench] = name
-    atomic_write_text(os.path.join(args.out_dir, "history.md"), history_markdown(history, steps, figures, args.range))
+    atomic_write_text(os.path.join(args.out_dir, "history.md"),
+                      history_markdown(history, steps, figures, args.range, include_single=args.include_quick))
     print(f"{history['commit'].nunique()} commits, {len(steps)} steps; wrote {args.out_dir}/history.md, history.csv, "
           f"steps.csv and {len(figures)} figures")
+    single = single_sample_summary(history, args.include_quick)
+    if single:
+        print(f"  {single}")
+    unreadable = history.attrs.get("unreadable", {})
+    if unreadable:
+        print(f"  commits with unreadable results: {len(unreadable)}")
+        for commit, why in unreadable.items():
+            print(f"    {commit[:8]}: {why}")
     for r in steps.itertuples():
         print(f"  {r.direction:11s} {r.benchmark}({r.cell}) at {r.commit[:8]} {r.subject}: {r.before:.3g} -> {r.after:.3g}")
     return 0
@@ -328,7 +411,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         description="Reads the asv results of each commit and writes history.csv, steps.csv, history.md\n"
         "and one figure per benchmark that stepped. Steps are found with asv's own step detection\n"
         "and the regressions_thresholds of asv.conf.json; each is named with its commit's hash and\n"
-        "subject. Commits in RANGE without results are shown as gaps.",
+        "subject. Commits in RANGE without results are shown as gaps, as are commits whose results\n"
+        "file cannot be read (named in the report). Points measured from one sample (asv run\n"
+        "--quick) are marked and left out of step detection unless --include-quick.",
         epilog="examples:\n"
         "  gradnoise history --out-dir history                      # every commit with results\n"
         "  gradnoise history main~20..main --out-dir history         # a range, gaps included\n"
@@ -343,4 +428,6 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--results-dir", default=None, help="asv results folder (default: results_dir of the config)")
     p.add_argument("--machine", default=None, help="asv machine name (default: the only one with results)")
     p.add_argument("--repo", default=".", help="git repository of the commits (default: the current folder)")
+    p.add_argument("--include-quick", action="store_true",
+                   help="include single-sample points (asv run --quick) in step detection (default: left out)")
     p.set_defaults(func=run_history)

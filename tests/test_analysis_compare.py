@@ -209,7 +209,7 @@ def test_cli_output_has_no_numpy_or_scipy_warnings(tmp_path, capfd):
     assert main(["compare", BEFORE, AFTER, "--results-dir", root, "--out-dir", str(tmp_path / "cmp")]) == 0
     out, err = capfd.readouterr()
     assert "Warning" not in out + err, out + err
-    assert out.startswith("1 regressed, 0 improved, 5 unchanged, 0 skipped, 0 failed")
+    assert out.startswith("1 regressed, 0 improved, 5 unchanged, 0 untestable, 0 skipped, 0 failed")
     text = (tmp_path / "cmp" / "comparison.md").read_text()
     assert "| `track_bias_excess` | reparam, 100 | 0 [0, 0] | " in text and "| ∞ |" in text
     assert text.startswith(f"# Benchmarks: {AFTER[:8]} vs {BEFORE[:8]}")
@@ -275,3 +275,144 @@ def test_cli_output_paths_are_checked_before_reading_results(results_dir, tmp_pa
     assert "is a folder" in capsys.readouterr().err
     assert main(["compare", BEFORE, AFTER, "--results-dir", results_dir, "--out-dir", str(a_file)]) == 2
     assert "is a file, not a folder" in capsys.readouterr().err
+
+
+def _write_unrecorded(result_dir, commit, name, samples):
+    """Like ``asv run`` without ``--record-samples``: asv keeps each cell's median and stats only."""
+    os.makedirs(os.path.join(result_dir, MACHINE), exist_ok=True)
+    asv_util.write_json(os.path.join(result_dir, MACHINE, "machine.json"), {"machine": MACHINE, "version": 1},
+                        Machine.api_version)
+    res = asv_results.Results({"machine": MACHINE, "python": "3.11"}, {}, commit, 0, "3.11", ENV, {})
+    res.add_result({"name": name, "version": "1", "params": [ESTIMATORS, BUDGETS]},
+                   BenchmarkResult(result=[True] * len(samples), samples=samples, number=[1] * len(samples),
+                                   errcode=0, stderr="", profile=None),
+                   record_samples=False)
+    res.save(result_dir)
+
+
+@pytest.fixture
+def quick_results(tmp_path):
+    """``asv run --quick`` of both sides: one timing sample a cell; ``reparam, 100`` is 22x slower after."""
+    root = str(tmp_path / "results")
+    secs = [1e-3] * 6
+    _write_unrecorded(root, BEFORE, "timing.Estimate.time_estimate", [[s] for s in secs])
+    _write_unrecorded(root, AFTER, "timing.Estimate.time_estimate", [[s] for s in secs[:5]] + [[22e-3]])
+    return root
+
+
+def test_single_sample_cells_are_untestable_not_unchanged(quick_results):
+    df = compare(BEFORE, AFTER, results_dir=quick_results)
+    assert set(df["verdict"]) == {"untestable"}
+    slow = df[df["cell"] == "reparam, 100"].iloc[0]
+    assert slow["ratio"] == pytest.approx(22.0) and np.isnan(slow["p_value"])
+    assert (slow["n_before"], slow["n_after"]) == (1, 1)
+    assert "1 sample before and 1 after" in slow["reason"] and "beyond the factor 2" in slow["reason"]
+    assert (df["reason"] != "").all()
+
+
+def test_cells_stored_as_one_value_without_stats_are_untestable(tmp_path):
+    """A plain value (asv's ``peakmem_*``: no samples, no interval) has nothing to test with."""
+    root = str(tmp_path / "results")
+    for commit, top in ((BEFORE, 1e8), (AFTER, 3e8)):
+        res = asv_results.Results({"machine": MACHINE, "python": "3.11"}, {}, commit, 0, "3.11", ENV, {})
+        res.add_result({"name": "memory.Peak.peakmem_measure", "version": "1", "params": [ESTIMATORS, BUDGETS]},
+                       BenchmarkResult(result=[1e8] * 5 + [top], samples=[None] * 6, number=[None] * 6, errcode=0,
+                                       stderr="", profile=None))
+        os.makedirs(os.path.join(root, MACHINE), exist_ok=True)
+        asv_util.write_json(os.path.join(root, MACHINE, "machine.json"), {"machine": MACHINE, "version": 1},
+                            Machine.api_version)
+        res.save(root)
+    df = compare(BEFORE, AFTER, results_dir=root)
+    assert set(df["verdict"]) == {"untestable"}
+    assert df.loc[df["cell"] == "reparam, 100", "ratio"].iloc[0] == pytest.approx(3.0)
+    assert df["reason"].str.contains("no samples and no interval").all()
+
+
+def test_recorded_stats_without_samples_are_compared_on_intervals_with_a_reason(tmp_path):
+    root = str(tmp_path / "results")
+    rng = np.random.default_rng(8)
+    _write_unrecorded(root, BEFORE, "timing.Estimate.time_estimate", [timings(rng, 1e-3) for _ in range(6)])
+    _write_unrecorded(root, AFTER, "timing.Estimate.time_estimate",
+                      [timings(rng, 1e-3) for _ in range(5)] + [timings(rng, 5e-3)])
+    df = compare(BEFORE, AFTER, results_dir=root)
+    assert (df["test"] == "ci-overlap").all() and (df["n_before"] == 15).all()
+    assert dict(zip(df["cell"], df["verdict"]))["reparam, 100"] == "regressed"
+    assert df["reason"].str.contains("samples not recorded").all()
+
+
+def test_cli_lists_untestable_cells_apart_and_can_fail_on_them(quick_results, tmp_path, capsys):
+    out = tmp_path / "cmp"
+    args = ["compare", BEFORE, AFTER, "--results-dir", quick_results, "--out-dir", str(out)]
+    assert main(args + ["--fail-on-regression"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("0 regressed, 0 improved, 0 unchanged, 6 untestable, 0 skipped, 0 failed")
+    assert "--fail-on-regression: 6 cells could not be tested" in printed
+    assert "untestable timing.Estimate.time_estimate(reparam, 100) ratio 22" in printed
+    text = (out / "comparison.md").read_text()
+    assert "**0 regressed · 0 improved · 0 unchanged · 6 untestable · 0 skipped · 0 failed**" in text
+    assert "## Untestable (6)" in text and "| `time_estimate` | reparam, 100 | 0.001 | 0.022 | 22 |" in text
+    assert main(args + ["--fail-on-untestable"]) == 1
+    assert "6 untestable" in capsys.readouterr().out
+
+
+def test_forest_plot_draws_untestable_cells_apart_from_unchanged(quick_results):
+    from gradnoise.analysis.compare import forest_plot
+    df = compare(BEFORE, AFTER, results_dir=quick_results)
+    fig = forest_plot(df)
+    colours = {tuple(np.round(line.get_markeredgecolor(), 3)) if not isinstance(line.get_markeredgecolor(), str)
+               else line.get_markeredgecolor() for ax in fig.axes for line in ax.get_lines() if line.get_marker() == "o"}
+    assert colours and "#7f7f7f" not in colours          # nothing drawn grey as unchanged
+    labels = [t.get_text() for ax in fig.axes for t in ax.get_yticklabels()]
+    assert "reparam, 100" in labels
+
+
+def test_zero_variance_on_a_side_is_reported_without_warnings(tmp_path, capfd):
+    """The centred delta method on a quadratic cost has exactly zero variance in every batch."""
+    root = str(tmp_path / "results")
+    rng = np.random.default_rng(9)
+    before = [batch_variances(rng, 1.0) for _ in range(6)]
+    after = [batch_variances(rng, 1.0) for _ in range(4)] + [[0.0] * BATCHES, [0.0] * BATCHES]
+    _write(root, BEFORE, "quality.Variance.track_variance", [True] * 6, before[:5] + [[0.0] * BATCHES])
+    _write(root, AFTER, "quality.Variance.track_variance", [True] * 6, after)
+    assert main(["compare", BEFORE, AFTER, "--results-dir", root, "--out-dir", str(tmp_path / "cmp")]) == 0
+    out, err = capfd.readouterr()
+    assert "Warning" not in out + err, out + err
+    df = compare(BEFORE, AFTER, results_dir=root)
+    row = dict(zip(df["cell"], zip(df["verdict"], df["ratio"], df["reason"])))
+    assert row["reparam, 1"][:2] == ("improved", 0.0) and "exactly 0 after" in row["reparam, 1"][2]
+    assert row["reparam, 100"][:2] == ("unchanged", 1.0) and "exactly 0 before and after" in row["reparam, 100"][2]
+    assert "| `track_variance` | reparam, 1 | " in (tmp_path / "cmp" / "comparison.md").read_text()
+
+
+def test_a_truncated_results_file_of_a_named_commit_is_named(results_dir, tmp_path, capsys):
+    import shutil
+    root = str(tmp_path / "results")
+    shutil.copytree(results_dir, root)
+    path = os.path.join(root, MACHINE, f"{AFTER[:8]}-{ENV}.json")
+    with open(path) as f:
+        text = f.read()
+    with open(path, "w") as f:
+        f.write(text[: len(text) // 2])
+    rc = main(["compare", BEFORE, AFTER, "--results-dir", root, "--out", str(tmp_path / "c.csv")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "\n" not in err and path in err and "not a readable asv results file" in err, err
+    rc = main(["compare", os.path.join(root, MACHINE, f"{BEFORE[:8]}-{ENV}.json"), path,
+               "--out", str(tmp_path / "c.csv")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and path in err, err
+
+
+def test_fail_on_regression_keeps_exit_status_1_when_the_reader_closes_the_pipe(results_dir, tmp_path):
+    """``gradnoise compare ... --fail-on-regression | head -1``: the reader leaves; the status stays 1."""
+    import subprocess
+    import sys
+    read, write = os.pipe()
+    os.close(read)                       # a reader that has already left: every write meets a closed pipe
+    try:
+        done = subprocess.run([sys.executable, "-m", "gradnoise.analysis", "compare", BEFORE, AFTER,
+                               "--results-dir", results_dir, "--out", str(tmp_path / "c.csv"), "--fail-on-regression"],
+                              stdout=write, stderr=subprocess.PIPE, text=True)
+    finally:
+        os.close(write)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr == "" and (tmp_path / "c.csv").exists()

@@ -139,3 +139,108 @@ def test_cli_errors_are_one_line(history_repo, tmp_path, capsys):
     assert main(["history", "--bench", "nothing_matches", "--results-dir", results_dir, "--repo", str(repo),
                  "--out-dir", str(tmp_path / "h")]) == 2
     assert "no benchmark in the results matches --bench" in capsys.readouterr().err
+
+
+TIMING = "timing.Estimate.time_estimate"
+
+
+def _save_timing(results_dir, commit, seconds, rng, *, quick=False):
+    """One timing cell ``'a'``: 10 recorded samples (a full run), or one sample without
+    ``--record-samples`` (``asv run --quick``: asv keeps the value and stats with ``repeat`` 1)."""
+    os.makedirs(os.path.join(results_dir, MACHINE), exist_ok=True)
+    asv_util.write_json(os.path.join(results_dir, MACHINE, "machine.json"), {"machine": MACHINE, "version": 1},
+                        Machine.api_version)
+    res = asv_results.Results({"machine": MACHINE, "python": "3.11"}, {}, commit, 0, "3.11", ENV, {})
+    samples = [seconds] if quick else list(seconds * np.exp(rng.normal(0, 0.02, 10)))
+    res.add_result({"name": TIMING, "version": "1", "params": [["'a'"]]},
+                   BenchmarkResult(result=[True], samples=[samples], number=[1], errcode=0, stderr="", profile=None),
+                   record_samples=not quick)
+    res.save(results_dir)
+
+
+@pytest.fixture(scope="module")
+def mixed_repo(tmp_path_factory):
+    """c0 full 1 ms, c1 quick (5 ms: one cold sample), c2 full 1 ms, c3 full 3 ms (the real
+    slowdown), c4 quick 15 ms: only c3 stepped."""
+    root = tmp_path_factory.mktemp("mixed")
+    repo, results_dir = root / "repo", str(root / "results")
+    repo.mkdir()
+    _git(repo, "init", "-q", "-b", "main")
+    commits = []
+    for i in range(5):
+        _git(repo, "commit", "-q", "--allow-empty", "-m", f"change {i}")
+        commits.append(_git(repo, "rev-parse", "HEAD"))
+    rng = np.random.default_rng(2)
+    for commit, ms, quick in zip(commits, (1, 5, 1, 3, 15), (False, True, False, False, True)):
+        _save_timing(results_dir, commit, ms * 1e-3, rng, quick=quick)
+    return repo, results_dir, commits
+
+
+def test_single_sample_points_are_left_out_of_step_detection_by_default(mixed_repo):
+    repo, results_dir, commits = mixed_repo
+    h = load_history("main", results_dir=results_dir, repo=str(repo), bench="time_")
+    assert list(h["samples"]) == [10, 1, 10, 10, 1]
+    steps = detect_history_steps(h, {r".*\.time_": 1.0})
+    assert [(r.direction, r.commit) for r in steps.itertuples()] == [("regression", commits[3])]
+    every = detect_history_steps(h, {r".*\.time_": 1.0}, include_single=True)
+    # with them, the 15 ms quick point takes the blame and the real step at c3 is lost in its rise
+    assert [(r.direction, r.commit) for r in every.itertuples()] == [("regression", commits[4])]
+
+
+def test_cli_marks_single_sample_points_and_says_how_many_it_left_out(mixed_repo, tmp_path, capsys):
+    repo, results_dir, commits = mixed_repo
+    out = tmp_path / "h"
+    args = ["history", "main", "--results-dir", results_dir, "--repo", str(repo), "--bench", "time_"]
+    assert main(args + ["--out-dir", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "2 single-sample points (asv run --quick) at 2 commits left out of step detection" in printed
+    text = (out / "history.md").read_text()
+    assert "2 single-sample points (asv run --quick) at 2 commits left out of step detection" in text
+    assert f"- `{commits[1][:8]}` change 1: 1 of 1 points from one sample" in text
+    assert f"`{commits[3][:8]}` change 3" in text and "1 steps" in text
+    with Image.open(out / "history-time_estimate.png") as im:
+        assert im.width >= 600
+    assert main(args + ["--out-dir", str(tmp_path / "all"), "--include-quick"]) == 0
+    assert "2 single-sample points (asv run --quick) at 2 commits included in step detection" in capsys.readouterr().out
+
+
+def test_a_corrupted_results_file_is_counted_and_named(history_repo, tmp_path, capsys):
+    import shutil
+    repo, results_dir, commits = history_repo
+    broken = str(tmp_path / "results")
+    shutil.copytree(results_dir, broken)
+    path = os.path.join(broken, MACHINE, f"{commits[1][:8]}-{ENV}.json")
+    with open(path) as f:
+        text = f.read()
+    with open(path, "w") as f:
+        f.write(text[: len(text) // 2])
+    h = load_history(results_dir=broken, repo=str(repo))               # every commit with results
+    assert commits[1] in set(h["commit"]) and set(h.loc[h["commit"] == commits[1], "status"]) == {"unreadable"}
+    out = tmp_path / "h"
+    assert main(["history", "--results-dir", broken, "--repo", str(repo), "--out-dir", str(out)]) == 0
+    printed = capsys.readouterr().out
+    md = (out / "history.md").read_text()
+    for text in (printed, md):
+        assert "commits with unreadable results: 1" in text and path in text, text
+
+
+def test_a_quantity_that_becomes_exactly_zero_is_a_step_without_warnings(tmp_path, capfd):
+    """A zero-variance estimator (the centred delta method on a quadratic cost) stores exactly 0."""
+    repo, results_dir = tmp_path / "repo", str(tmp_path / "results")
+    repo.mkdir()
+    _git(repo, "init", "-q", "-b", "main")
+    commits = []
+    for i in range(4):
+        _git(repo, "commit", "-q", "--allow-empty", "-m", f"change {i}")
+        commits.append(_git(repo, "rev-parse", "HEAD"))
+    rng = np.random.default_rng(3)
+    for commit, value in zip(commits, (2.0, 2.0, 0.0, 0.0)):
+        _save(results_dir, commit, [value, 3.0], rng, params=[["'delta'", "'flat'"]])
+    out = tmp_path / "h"
+    assert main(["history", "main", "--results-dir", results_dir, "--repo", str(repo), "--out-dir", str(out)]) == 0
+    printed, err = capfd.readouterr()
+    assert "Warning" not in printed + err, printed + err
+    steps = detect_history_steps(load_history("main", results_dir=results_dir, repo=str(repo)), THRESHOLDS)
+    assert [(r.cell, r.direction, r.commit, r.after) for r in steps.itertuples()] == [
+        ("delta", "improvement", commits[2], 0.0)]
+    assert "| 0 (better, exactly 0) |" in (out / "history.md").read_text()
