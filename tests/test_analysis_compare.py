@@ -310,12 +310,14 @@ def test_single_sample_cells_are_untestable_not_unchanged(quick_results):
     assert (df["reason"] != "").all()
 
 
-def test_cells_stored_as_one_value_without_stats_are_untestable(tmp_path):
-    """A plain value (asv's ``peakmem_*``: no samples, no interval) has nothing to test with."""
+@pytest.mark.parametrize("name", ["memory.Peak.peakmem_measure", "quality.Other.track_value"])
+def test_cells_stored_as_one_value_without_stats(tmp_path, name):
+    """A plain value (no samples, no interval): peak memory (all but deterministic) is judged by
+    the factor alone, as asv compare does; any other plain value has nothing to test with."""
     root = str(tmp_path / "results")
     for commit, top in ((BEFORE, 1e8), (AFTER, 3e8)):
         res = asv_results.Results({"machine": MACHINE, "python": "3.11"}, {}, commit, 0, "3.11", ENV, {})
-        res.add_result({"name": "memory.Peak.peakmem_measure", "version": "1", "params": [ESTIMATORS, BUDGETS]},
+        res.add_result({"name": name, "version": "1", "params": [ESTIMATORS, BUDGETS]},
                        BenchmarkResult(result=[1e8] * 5 + [top], samples=[None] * 6, number=[None] * 6, errcode=0,
                                        stderr="", profile=None))
         os.makedirs(os.path.join(root, MACHINE), exist_ok=True)
@@ -323,9 +325,14 @@ def test_cells_stored_as_one_value_without_stats_are_untestable(tmp_path):
                             Machine.api_version)
         res.save(root)
     df = compare(BEFORE, AFTER, results_dir=root)
-    assert set(df["verdict"]) == {"untestable"}
     assert df.loc[df["cell"] == "reparam, 100", "ratio"].iloc[0] == pytest.approx(3.0)
-    assert df["reason"].str.contains("no samples and no interval").all()
+    if "peakmem" in name:
+        assert dict(zip(df["cell"], df["verdict"]))["reparam, 100"] == "regressed"   # 3x > factor 1.2
+        assert (df["verdict"] != "untestable").all() and (df["test"] == "factor").all()
+        assert df["reason"].str.contains("judged by the factor alone").all()
+    else:
+        assert set(df["verdict"]) == {"untestable"}
+        assert df["reason"].str.contains("no samples and no interval").all()
 
 
 def test_recorded_stats_without_samples_are_compared_on_intervals_with_a_reason(tmp_path):
