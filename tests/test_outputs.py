@@ -19,15 +19,18 @@ import pytest
 from test_analysis_compare import AFTER, BEFORE, timings, write_results
 from test_analysis_history import history_repo  # noqa: F401  (the fixture)
 
+import gradnoise as gn
 from gradnoise import io
 from gradnoise.analysis import studies
 from gradnoise.analysis.cli import main
+from gradnoise.analysis.plot import slug
 from gradnoise.analysis.studies import base as study_base
 from gradnoise.analysis.studies import cli as study_cli
 
 SMALL = ["--problem", "gaussian-quadratic", "--estimator", "reinforce", "--estimator", "reparam",
          "--budget", "1", "--budget", "10", "--replicates", "100", "--quiet"]
 NOTES = "# My notes\n\nNot written by gradnoise.\n"
+FIGURE = slug(gn.make_problem("gaussian-quadratic").spec)      # the name of its figure files
 
 
 def one_line_error(capsys, command):
@@ -49,10 +52,10 @@ def strip_to_main(folder):
             path = os.path.join(d, f)
             if f == io.MANIFEST:
                 os.unlink(path)
-            elif f.endswith(".md"):
-                text = open(path).read()
+            elif f.endswith(".md") and io.MARKDOWN_MARK in open(path).read():
+                lines = open(path).read().splitlines()
                 with open(path, "w") as fh:
-                    fh.write("\n".join(line for line in text.splitlines() if not line.startswith(io.MARKDOWN_MARK)))
+                    fh.write("\n".join(line for line in lines if not line.startswith(io.MARKDOWN_MARK)) + "\n")
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +68,7 @@ def sweep_csv(tmp_path_factory):
 # --------------------------------------------------------------------------------------------
 # report
 # --------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("victim", ["summary.md", "fits.csv", "figures/gaussian-quadratic.png"])
+@pytest.mark.parametrize("victim", ["summary.md", "fits.csv", f"figures/{FIGURE}.png"])
 def test_report_refuses_a_user_file_where_it_writes_before_computing(victim, tmp_path, capsys):
     out = tmp_path / "report"
     (out / victim).parent.mkdir(parents=True, exist_ok=True)
@@ -83,7 +86,7 @@ def test_report_reruns_into_its_own_folder_and_one_written_before_the_manifest(t
     manifest = json.loads((out / io.MANIFEST).read_text())["files"]
     assert {"summary.md", "fits.csv"} <= set(manifest) and manifest["summary.md"]["command"] == "gradnoise report"
     assert set(json.loads((out / "figures" / io.MANIFEST).read_text())["files"]) == {
-        "gaussian-quadratic.png", "gaussian-quadratic.svg"}
+        f"{FIGURE}.png", f"{FIGURE}.svg"}
     assert (out / "summary.md").read_text().splitlines()[-1].startswith(io.MARKDOWN_MARK + " gradnoise report")
     (out / "my-notes.md").write_text(NOTES)                   # the user's files beside the outputs
     (out / "figures" / "sketch.png").write_bytes(b"not a matplotlib figure")
@@ -123,17 +126,17 @@ def test_fit_refuses_to_overwrite_a_file_that_is_not_a_fits_csv(sweep_csv, tmp_p
 def test_plot_refuses_a_figure_it_did_not_draw(sweep_csv, tmp_path, capsys):
     out = tmp_path / "figures"
     out.mkdir()
-    (out / "gaussian-quadratic.svg").write_text("<svg>my drawing</svg>")
+    (out / f"{FIGURE}.svg").write_text("<svg>my drawing</svg>")
     (out / "keep.txt").write_text(NOTES)
     assert main(["plot", str(sweep_csv), "--out-dir", str(out)]) == 2
-    assert "gaussian-quadratic.svg" in one_line_error(capsys, "plot")
-    assert (out / "gaussian-quadratic.svg").read_text() == "<svg>my drawing</svg>"
-    assert not (out / "gaussian-quadratic.png").exists()
+    assert f"{FIGURE}.svg" in one_line_error(capsys, "plot")
+    assert (out / f"{FIGURE}.svg").read_text() == "<svg>my drawing</svg>"
+    assert not (out / f"{FIGURE}.png").exists()
     assert main(["plot", str(sweep_csv), "--out-dir", str(out), "--format", "png"]) == 0   # the svg not written
     assert main(["plot", str(sweep_csv), "--out-dir", str(out), "--format", "png"]) == 0
     os.unlink(out / io.MANIFEST)                              # a folder from before the manifest
     assert main(["plot", str(sweep_csv), "--out-dir", str(out), "--format", "png"]) == 0
-    assert (out / "keep.txt").read_text() == NOTES and (out / "gaussian-quadratic.svg").read_text() == "<svg>my drawing</svg>"
+    assert (out / "keep.txt").read_text() == NOTES and (out / f"{FIGURE}.svg").read_text() == "<svg>my drawing</svg>"
 
 
 # --------------------------------------------------------------------------------------------
