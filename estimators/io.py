@@ -299,9 +299,8 @@ def _refuse_unless_ours(path: str, signature, command: str, instead: str) -> Non
     if os.path.isdir(path):
         raise ValueError(f"{command} writes the file {path!r}, but it is a folder; {instead}")
     if os.path.lexists(path) and not written_by_gradnoise(path, signature):
-        what = f" (nor {signature.what})" if signature is not None else ""
-        raise ValueError(f"{command} would overwrite {path!r}, which gradnoise did not write{what}; "
-                         f"the file is left as it is: {instead}")
+        what = f"is not {signature.what}" if signature is not None else "gradnoise did not write"
+        raise ValueError(f"{command} would overwrite {path!r}, which {what}; the file is left as it is: {instead}")
 
 
 @dataclass(frozen=True)

@@ -75,7 +75,7 @@ def test_report_refuses_a_user_file_where_it_writes_before_computing(victim, tmp
     (out / victim).write_text(NOTES)
     assert main(["report", *SMALL, "--out-dir", str(out)]) == 2
     err = one_line_error(capsys, "report")
-    assert str(out / victim) in err and "did not write" in err and "move it" in err
+    assert str(out / victim) in err and "which is not" in err and "left as it is" in err
     assert (out / victim).read_text() == NOTES
     assert not (out / "sweep.csv").exists()                   # refused before the sweep
 
