@@ -76,7 +76,7 @@ from asv import util as asv_util
 from asv_runner.statistics import quantile_ci
 from scipy import stats
 
-from gradnoise.io import atomic_write_text, fmt, fmt_ci, markdown_table
+from gradnoise.io import atomic_write_markdown, fmt, fmt_ci, markdown_table
 
 ALPHA = 0.05
 LEVEL = 0.95
@@ -670,8 +670,21 @@ def write_comparison(df: pd.DataFrame, out_dir: str, before: str, after: str, *,
 
     plt.close(fig)
     text = comparison_markdown(df, before, after, alpha=alpha, level=level, figure="comparison.png")
-    atomic_write_text(paths["md"], text)
+    atomic_write_markdown(paths["md"], text, "gradnoise compare")
     return paths
+
+
+def comparison_outputs(out_dir: str | None, out: str | None):
+    """Before comparing: :func:`gradnoise.io.claim_outputs` of ``out_dir``'s ``comparison.*`` (returned;
+    None without ``out_dir``) and :func:`gradnoise.io.claim_file` of the CSV ``out``."""
+    from gradnoise.io import Columns, Figure, Markdown, claim_file, claim_outputs
+
+    table = Columns(("benchmark", "cell", "verdict", "ratio"), "a gradnoise comparison CSV")
+    if out:
+        claim_file("gradnoise compare", out, table)
+    return claim_outputs("gradnoise compare", out_dir, {
+        "comparison.csv": table, "comparison.md": Markdown(r"^# Benchmarks: "), "comparison.png": Figure(),
+    }) if out_dir else None
 
 
 def run_compare(args: argparse.Namespace) -> int:
@@ -684,6 +697,7 @@ def run_compare(args: argparse.Namespace) -> int:
         raise ValueError(f"--out {args.out} is a folder; give a CSV file (or use --out-dir)")
     if args.out_dir and os.path.exists(args.out_dir) and not os.path.isdir(args.out_dir):
         raise ValueError(f"--out-dir {args.out_dir} is a file, not a folder")
+    claim = comparison_outputs(args.out_dir, args.out)
     df = compare(args.before, args.after, results_dir=results_dir, machine=args.machine, alpha=args.alpha,
                  factor=args.factor, level=args.level, thresholds=thresholds_from_config(args.config), repo=args.repo)
     written = []
@@ -693,6 +707,8 @@ def run_compare(args: argparse.Namespace) -> int:
     if args.out:
         atomic_write_csv(df, args.out)
         written.append(args.out)
+    if claim is not None:
+        claim.record()
     counts = verdict_counts(df)
     print(", ".join(f"{counts[v]} {v}" for v in VERDICTS)
           + f" (Benjamini-Hochberg FDR {args.alpha:g}; factors: {factor_summary(df)})")

@@ -278,11 +278,14 @@ def fit_notes(fits: pd.DataFrame) -> str:
 
 
 def run_fit(args: argparse.Namespace) -> int:
-    from gradnoise.io import atomic_write_csv
+    from gradnoise.io import Columns, atomic_write_csv, claim_file
+
+    from .results import FITS_REQUIRED
 
     from .sweep import check_output_file
 
     check_output_file(args.out)
+    claim_file("gradnoise fit", args.out, Columns(FITS_REQUIRED, "a gradnoise fits CSV"))
     results = read_csv(args.results, what=f"results CSV {args.results}")
     fits = fit_curves(results, x=args.x, level=args.level, scale_by_misfit=not args.no_misfit_scaling)
 

@@ -53,7 +53,7 @@ from asv import _stats as asv_stats
 from asv import results as asv_results
 from asv import step_detect
 
-from gradnoise.io import atomic_write_csv, atomic_write_text, fmt
+from gradnoise.io import atomic_write_csv, atomic_write_markdown, fmt
 
 from .compare import (asv_machines, benchmark_family, cell_label, load_results_file, results_dir_from_config,
                       short_name, threshold_for, thresholds_from_config)
@@ -369,9 +369,21 @@ def history_markdown(history: pd.DataFrame, steps: pd.DataFrame, figures: dict[s
     return "\n".join(lines) + "\n"
 
 
+def history_outputs(out_dir: str):
+    """Before reading any result: :func:`gradnoise.io.claim_outputs` of what ``history`` writes into ``out_dir``
+    (its figures by the pattern ``history-*.png``: which benchmarks step is known only at the end)."""
+    from gradnoise.io import Columns, Figure, Markdown, claim_outputs
+
+    return claim_outputs("gradnoise history", out_dir, {
+        "history.csv": Columns(("commit", "benchmark", "cell", "value"), "a gradnoise history CSV"),
+        "steps.csv": Columns(("benchmark", "cell", "direction", "commit"), "a gradnoise steps CSV"),
+        "history.md": Markdown(r"^# Benchmark history"), "history-*.png": Figure()})
+
+
 def run_history(args: argparse.Namespace) -> int:
 
     check_output_dir(args.out_dir)
+    claim = history_outputs(args.out_dir)
     results_dir = args.results_dir or results_dir_from_config(args.config)
     history = load_history(args.range, results_dir=results_dir, machine=args.machine, repo=args.repo, bench=args.bench)
     steps = detect_history_steps(history, thresholds_from_config(args.config), include_single=args.include_quick)
@@ -387,8 +399,10 @@ def run_history(args: argparse.Namespace) -> int:
         fig.savefig(os.path.join(args.out_dir, name), dpi=110, bbox_inches="tight")
         plt.close(fig)
         figures[bench] = name
-    atomic_write_text(os.path.join(args.out_dir, "history.md"),
-                      history_markdown(history, steps, figures, args.range, include_single=args.include_quick))
+    atomic_write_markdown(os.path.join(args.out_dir, "history.md"),
+                          history_markdown(history, steps, figures, args.range, include_single=args.include_quick),
+                          "gradnoise history")
+    claim.record()
     print(f"{history['commit'].nunique()} commits, {len(steps)} steps; wrote {args.out_dir}/history.md, history.csv, "
           f"steps.csv and {len(figures)} figures")
     single = single_sample_summary(history, args.include_quick)

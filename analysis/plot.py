@@ -241,13 +241,22 @@ def plot_all(results: pd.DataFrame, fits: pd.DataFrame | None, out_dir: str, *, 
         return [p for job in jobs for p in job.result()]
 
 
+def figure_outputs(command: str, out_dir: str, problems, formats):
+    """:func:`gradnoise.io.claim_outputs` of the figures :func:`plot_all` draws of ``problems``."""
+    from gradnoise.io import Figure, claim_outputs
+
+    return claim_outputs(command, out_dir, {f"{slug(p)}.{f}": Figure() for p in problems for f in formats})
+
+
 def run_plot(args: argparse.Namespace) -> int:
     from .sweep import check_output_dir
 
     check_output_dir(args.out_dir)
     results = read_csv(args.results, what=f"results CSV {args.results}")
     fits = read_csv(args.fits, FITS_REQUIRED, what=f"fits CSV {args.fits}") if args.fits else None
+    claim = figure_outputs("gradnoise plot", args.out_dir, results["problem"].unique(), args.format or ("png", "svg"))
     paths = plot_all(results, fits, args.out_dir, formats=tuple(args.format or ("png", "svg")))
+    claim.record()
     print(f"wrote {len(paths)} figure files ({', '.join(args.format or ('png', 'svg'))}) to {args.out_dir}")
     return 0
 

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 import gradnoise as gn
-from gradnoise.io import atomic_write_csv, atomic_write_text, fmt, fmt_ci, markdown_table
+from gradnoise.io import atomic_write_csv, atomic_write_markdown, fmt, fmt_ci, markdown_table
 
 from . import fit as fit_mod
 from . import plot as plot_mod
@@ -246,6 +246,17 @@ def _git_head() -> str:
         return "unknown"
 
 
+def report_outputs(out_dir: str, problems):
+    """:func:`gradnoise.io.claim_outputs` of what a report writes (``sweep.csv`` is :func:`sweep_to_csv`'s)."""
+    from gradnoise.io import Columns, Figure, Markdown, claim_outputs
+
+    from .results import FITS_REQUIRED
+
+    return claim_outputs("gradnoise report", out_dir, {
+        "summary.md": Markdown(r"^# gradnoise report"), "fits.csv": Columns(FITS_REQUIRED, "a gradnoise fits CSV"),
+        **{f"figures/{plot_mod.slug(p)}.{f}": Figure() for p in problems for f in ("png", "svg")}})
+
+
 def run_report(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     out_dir = check_output_dir(args.out_dir)
@@ -263,6 +274,7 @@ def run_report(args: argparse.Namespace) -> int:
     elif rank_budget not in budgets:
         raise ValueError(f"--rank-budget {rank_budget} is not among the budgets measured "
                          f"({', '.join(map(str, budgets))}); choose one of them")
+    claim = report_outputs(out_dir, {p.spec for p, _, _ in grid})
     sweep_path = os.path.join(out_dir, "sweep.csv")
     with client_from_args(args) as client:
         outcome = sweep_to_csv(grid, args.replicates, args.seed, sweep_path, progress=not args.quiet,
@@ -284,7 +296,8 @@ def run_report(args: argparse.Namespace) -> int:
               f"R = {args.replicates} replicates per cell, seed {args.seed}. Files: `sweep.csv`, `fits.csv`, `figures/`.")
     text = summary_markdown(results, fits, figures, budget=rank_budget, header=header, skipped=skipped,
                             budgets=budgets)
-    atomic_write_text(os.path.join(out_dir, "summary.md"), text)
+    atomic_write_markdown(os.path.join(out_dir, "summary.md"), text, "gradnoise report")
+    claim.record()
     print(f"wrote {os.path.join(out_dir, 'summary.md')}, sweep.csv ({len(results)} rows), fits.csv ({len(fits)} fits), "
           f"{len(paths)} figures in {wall:.0f} s", file=sys.stdout)
     return 0

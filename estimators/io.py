@@ -8,18 +8,27 @@
   :func:`compute_once`: a cache file computed by one process while the others wait for it.
 * :func:`cache_dir`: ``$GRADNOISE_CACHE/<kind>``; unset or empty means ``~/.cache/gradnoise``.
 * :func:`fmt`, :func:`fmt_ci` and :func:`markdown_table`: how every report prints numbers.
+* :func:`claim_outputs`, :func:`claim_file` and :meth:`Outputs.record`: a command never
+  overwrites a file it did not write (see "Outputs" below); :func:`atomic_write_markdown` marks
+  the markdown it writes.
 """
 from __future__ import annotations
 
 import contextlib
+import datetime
+import glob
+import hashlib
+import json
 import math
+import re
 import os
 import socket
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Callable, Iterator, TypeVar
+from typing import IO, Callable, Iterator, Mapping, TypeVar
 
 import pandas as pd
 
@@ -160,3 +169,210 @@ def markdown_table(df: pd.DataFrame) -> str:
     for row in df.itertuples(index=False):
         lines.append("| " + " | ".join(fmt(v) if isinstance(v, float) else str(v) for v in row) + " |")
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# Outputs: a command never overwrites, and never deletes, a file it did not write
+# ---------------------------------------------------------------------------------------------
+#: the manifest a command keeps in each folder it writes into: ``{"files": {name: {"command",
+#: "sha256", "written"}}}``, one entry per file gradnoise wrote there (written atomically, under a lock)
+MANIFEST = ".gradnoise-written.json"
+#: how the line that :func:`atomic_write_markdown` appends to every markdown file begins
+MARKDOWN_MARK = "<!-- written by gradnoise"
+
+
+@dataclass(frozen=True)
+class Columns:
+    """A CSV whose header holds ``columns`` (a gradnoise table of that kind, whoever wrote it)."""
+
+    columns: tuple[str, ...]
+    what: str = "a gradnoise CSV"
+
+    def matches(self, path: str) -> bool:
+        try:
+            header = pd.read_csv(path, nrows=0).columns
+        except (ValueError, UnicodeDecodeError, OSError):      # pandas' parser errors are ValueErrors
+            return False
+        return set(self.columns) <= {str(c) for c in header}
+
+
+@dataclass(frozen=True)
+class Markdown:
+    """Markdown that gradnoise wrote: it holds the :data:`MARKDOWN_MARK` line, or (written before
+    the mark existed) one of its first five lines matches the regular expression ``legacy``."""
+
+    legacy: str = ""
+    what: str = "markdown written by gradnoise"
+
+    def matches(self, path: str) -> bool:
+        try:
+            with open(path, encoding="utf-8") as fh:
+                lines = fh.read(1 << 22).splitlines()
+        except (UnicodeDecodeError, OSError):
+            return False
+        if any(line.startswith(MARKDOWN_MARK) for line in lines):
+            return True
+        return bool(self.legacy) and any(re.search(self.legacy, line) for line in lines[:5])
+
+
+@dataclass(frozen=True)
+class Json:
+    """A JSON object whose keys include ``keys``, with the given values where not None."""
+
+    keys: tuple[tuple[str, object], ...]
+    what: str = "a gradnoise JSON file"
+
+    def matches(self, path: str) -> bool:
+        try:
+            with open(path, encoding="utf-8") as fh:
+                data = json.load(fh)
+        except (ValueError, OSError):
+            return False
+        return isinstance(data, dict) and all(k in data and (v is None or data[k] == v) for k, v in self.keys)
+
+
+@dataclass(frozen=True)
+class Figure:
+    """A PNG, SVG or PDF figure written by matplotlib, as every gradnoise figure is: matplotlib
+    embeds its name (PNG and SVG near the start, PDF in the trailing Info dictionary). Figures
+    written before the manifest carry no other mark of gradnoise, so a matplotlib figure that
+    has the exact name a command writes is taken for that command's."""
+
+    what: str = "a figure written by matplotlib"
+
+    def matches(self, path: str) -> bool:
+        try:
+            with open(path, "rb") as fh:
+                head = fh.read(4096)
+                fh.seek(max(0, os.fstat(fh.fileno()).st_size - 4096))
+                tail = fh.read()
+        except OSError:
+            return False
+        return b"matplotlib" in head.lower() or b"matplotlib" in tail.lower()
+
+
+@dataclass(frozen=True)
+class Beside:
+    """A file in a folder whose ``anchor`` file matches ``signature``: a study's own tables in a
+    study folder written before the manifest (its ``summary.json`` names the study)."""
+
+    anchor: str
+    signature: object
+    what: str = "a file of a gradnoise output folder"
+
+    def matches(self, path: str) -> bool:
+        return self.signature.matches(os.path.join(os.path.dirname(path), self.anchor))
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _read_manifest(folder: str) -> dict:
+    try:
+        with open(os.path.join(folder, MANIFEST), encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (ValueError, OSError):          # absent, unreadable or torn: lists nothing
+        return {}
+    files = data.get("files") if isinstance(data, dict) else None
+    return files if isinstance(files, dict) else {}
+
+
+def written_by_gradnoise(path: str | os.PathLike, signature=None) -> bool:
+    """Whether gradnoise may replace the existing file ``path``: it is empty, or its folder's
+    :data:`MANIFEST` lists it with its present content (sha256), or ``signature`` recognises it
+    (:class:`Columns`, :class:`Markdown`, :class:`Json`, :class:`Figure`, :class:`Beside`)."""
+    path = os.fspath(path)
+    if os.path.getsize(path) == 0:
+        return True
+    entry = _read_manifest(os.path.dirname(os.path.abspath(path))).get(os.path.basename(path))
+    if isinstance(entry, dict) and entry.get("sha256") == _sha256(path):
+        return True
+    return signature is not None and signature.matches(path)
+
+
+def _refuse_unless_ours(path: str, signature, command: str, instead: str) -> None:
+    if os.path.isdir(path):
+        raise ValueError(f"{command} writes the file {path!r}, but it is a folder; {instead}")
+    if os.path.lexists(path) and not written_by_gradnoise(path, signature):
+        what = f"is not {signature.what}" if signature is not None else "gradnoise did not write"
+        raise ValueError(f"{command} would overwrite {path!r}, which {what}; the file is left as it is: {instead}")
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """The files a command may write into ``folder``: names (or glob patterns) relative to it,
+    each with the signature that recognises a file of that kind written before the manifest.
+    Returned by :func:`claim_outputs`; :meth:`record` lists them in the manifest once written."""
+
+    command: str
+    folder: str
+    targets: tuple[tuple[str, object], ...]
+
+    def paths(self) -> dict[str, object]:
+        """The existing files the targets name (a pattern: every match) -> their signature; a
+        file named exactly takes that target's signature, not a pattern's."""
+        found: dict[str, object] = {}
+        for name, signature in self.targets:
+            if glob.has_magic(name):
+                for path in sorted(glob.glob(os.path.join(glob.escape(self.folder), name))):
+                    found.setdefault(path, signature)
+        for name, signature in self.targets:
+            if not glob.has_magic(name):
+                found[os.path.join(self.folder, name)] = signature
+        return found
+
+    def record(self) -> None:
+        """List every target file that now exists in its folder's :data:`MANIFEST` (with its
+        sha256 and this command), and drop entries whose file is gone. Atomic, under a lock, so
+        commands writing into one folder at once keep each other's entries."""
+        by_folder: dict[str, list[str]] = {}
+        for path in self.paths():
+            if os.path.isfile(path):
+                by_folder.setdefault(os.path.dirname(os.path.abspath(path)), []).append(path)
+        now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+        for folder, paths in by_folder.items():
+            manifest = os.path.join(folder, MANIFEST)
+            with exclusive_lock(manifest + ".lock", wait=True):
+                files = {name: entry for name, entry in _read_manifest(folder).items()
+                         if os.path.isfile(os.path.join(folder, name))}
+                for path in paths:
+                    files[os.path.basename(path)] = {"command": self.command, "sha256": _sha256(path), "written": now}
+                atomic_write_text(manifest, json.dumps({"files": dict(sorted(files.items()))}, indent=1) + "\n")
+
+
+def claim_outputs(command: str, folder: str | os.PathLike, targets: Mapping[str, object]) -> Outputs:
+    """Before computing anything: check that ``command`` (e.g. ``"gradnoise report"``) may write
+    ``targets`` into ``folder``, and return them as :class:`Outputs` (call :meth:`Outputs.record`
+    after writing).
+
+    ``targets`` maps a file name relative to ``folder`` (``"summary.md"``, ``"figures/a.png"``) or
+    a glob pattern (``"history-*.png"``: every existing match) to the signature of its kind
+    (:class:`Columns`, :class:`Markdown`, :class:`Json`, :class:`Figure`, :class:`Beside`) or
+    None. An existing target may be replaced only when :func:`written_by_gradnoise`; otherwise
+    one ``ValueError`` line names it and says what to do, and nothing is written. Commands write
+    only their targets and delete nothing in the folder.
+    """
+    outputs = Outputs(command, os.fspath(folder), tuple(targets.items()))
+    for path, signature in outputs.paths().items():
+        _refuse_unless_ours(path, signature, command, "move it away or choose another output folder")
+    return outputs
+
+
+def claim_file(command: str, path: str | os.PathLike, signature, option: str = "--out") -> None:
+    """Before computing anything: ``command`` may write the single file ``path`` (it is absent,
+    empty, or recognised by ``signature``, e.g. a gradnoise fits CSV by its columns); one
+    ``ValueError`` line otherwise. Single files are recognised by their content alone: no
+    manifest is written beside them."""
+    _refuse_unless_ours(os.fspath(path), signature, command, f"move it away or give {option} another file name")
+
+
+def atomic_write_markdown(path: str | os.PathLike, text: str, command: str) -> None:
+    """:func:`atomic_write_text` of ``text`` with a last line (an HTML comment, invisible when
+    rendered) saying that ``command`` wrote it: how a later run recognises the file as its own
+    without the manifest (:class:`Markdown`)."""
+    atomic_write_text(path, text.rstrip("\n") + f"\n\n{MARKDOWN_MARK} {command}; a re-run replaces this file -->\n")

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,7 +48,7 @@ import torch
 from scipy import stats
 
 import gradnoise as gn
-from gradnoise.io import atomic_write_csv, atomic_write_text
+from gradnoise.io import atomic_write_csv, atomic_write_markdown, atomic_write_text
 from gradnoise.statistics import log_se
 
 from ..fit import fit_curves
@@ -299,7 +300,7 @@ def write_study_md(out_dir: Path, outcome: Outcome, method: str, body: str) -> N
         *[f"![{f}]({f})" for f in outcome.figures],
         "",
     ]
-    atomic_write_text(out_dir / "study.md", "\n".join(text))
+    atomic_write_markdown(out_dir / "study.md", "\n".join(text), f"gradnoise study {outcome.name}")
 
 
 def write_summary(out_dir: Path, outcome: Outcome) -> None:
@@ -312,20 +313,41 @@ def write_summary(out_dir: Path, outcome: Outcome) -> None:
     atomic_write_text(out_dir / "summary.json", json.dumps(data, indent=2, default=float) + "\n")
 
 
+def study_outputs(name: str, out_dir: str | os.PathLike):
+    """:func:`gradnoise.io.claim_outputs` of a study's folder: ``results.csv``, ``fits.csv``,
+    ``study.md``, ``summary.json`` and every ``*.csv`` and ``*.png`` in it (each study names its own
+    tables and figures only as it writes them, so a study's folder is its own: any CSV or PNG there
+    that gradnoise did not write is refused before the study runs)."""
+    from gradnoise.io import Beside, Columns, Figure, Json, Markdown, claim_outputs
+
+    from ..results import FITS_REQUIRED, SWEEP_REQUIRED
+
+    summary = Json((("name", name), ("claim", None)), f"the summary of gradnoise study {name}")
+    return claim_outputs(f"gradnoise study {name}", out_dir, {
+        "results.csv": Columns(SWEEP_REQUIRED, "a gradnoise results CSV"),
+        "fits.csv": Columns(FITS_REQUIRED, "a gradnoise fits CSV"),
+        "study.md": Markdown(rf"^Regenerate: `gradnoise study {re.escape(name)} "), "summary.json": summary,
+        "*.csv": Beside("summary.json", summary, f"a table of gradnoise study {name}"), "*.png": Figure()})
+
+
 def run_study(name: str, out_dir: str | os.PathLike, config: Config = Config()) -> Outcome:
-    """Run one study into ``out_dir`` (created); returns its :class:`Outcome`."""
+    """Run one study into ``out_dir`` (created; :func:`study_outputs` checked first); returns its :class:`Outcome`."""
     entry = get_study(name)
     out = Path(out_dir)
+    claim = study_outputs(entry.name, out)
     out.mkdir(parents=True, exist_ok=True)
-    with gn.engine.torch_threads(config.threads):
-        start = time.perf_counter()
-        outcome = entry.run(out, config)
-        outcome.wall_seconds = time.perf_counter() - start
-    outcome.quick = config.quick
-    write_summary(out, outcome)
-    study_md = out / "study.md"
-    if study_md.exists():
-        with study_md.open("a") as fh:
-            fh.write(f"\nWall time: {outcome.wall_seconds:.1f} s ({config.threads} torch thread"
-                     f"{'s' if config.threads > 1 else ''}, seed {config.seed}).\n")
+    try:
+        with gn.engine.torch_threads(config.threads):
+            start = time.perf_counter()
+            outcome = entry.run(out, config)
+            outcome.wall_seconds = time.perf_counter() - start
+        outcome.quick = config.quick
+        write_summary(out, outcome)
+        study_md = out / "study.md"
+        if study_md.exists():
+            with study_md.open("a") as fh:
+                fh.write(f"\nWall time: {outcome.wall_seconds:.1f} s ({config.threads} torch thread"
+                         f"{'s' if config.threads > 1 else ''}, seed {config.seed}).\n")
+    finally:                                 # what it wrote before a failure stays its own
+        claim.record()
     return outcome

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from ..cluster import add_cluster_arguments, check_cluster_arguments, client_from_args
-from .base import Config, Outcome, get_study, run_study, study_names
+from .base import Config, Outcome, get_study, run_study, study_names, study_outputs
 
 README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
 
@@ -45,20 +45,44 @@ def results_block(outcomes: list[Outcome], figure_dir: str) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def update_readme(readme: str | os.PathLike, outcomes: list[Outcome], out_dir: Path) -> None:
-    """Replace the text between the results markers; copy the figures to ``docs/results/``."""
+README_BLOCK = re.compile(re.escape(README_START) + r".*?" + re.escape(README_END), re.S)
+
+
+def readme_outputs(readme: str | os.PathLike, names: list[str]):
+    """Before running any study: ``readme`` can be read and holds the results block (the only
+    part of it rewritten), and the figures ``docs/results/<study>-*.png`` beside it that would be
+    replaced are gradnoise's (:func:`gradnoise.io.claim_outputs`, returned); one line otherwise."""
+    from gradnoise.io import Figure, claim_outputs
+
     readme = Path(readme)
-    text = readme.read_text()
-    pattern = re.compile(re.escape(README_START) + r".*?" + re.escape(README_END), re.S)
-    if not pattern.search(text):
-        raise ValueError(f"{readme} has no {README_START} ... {README_END} block")
+    try:
+        text = readme.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"cannot read the README {str(readme)!r}: {getattr(err, 'strerror', None) or err}") from None
+    if not README_BLOCK.search(text):
+        raise ValueError(f"{readme} has no {README_START} ... {README_END} block to rewrite; add the two "
+                         "markers where the results go (nothing else in the file is changed)")
+    return claim_outputs("gradnoise study --update-readme", readme.parent / "docs" / "results",
+                         {f"{name}-*.png": Figure() for name in names})
+
+
+def update_readme(readme: str | os.PathLike, outcomes: list[Outcome], out_dir: Path) -> None:
+    """Replace the text between the results markers; copy the figures to ``docs/results/``
+    (:func:`readme_outputs` checked first: a README without the block, or a figure there that
+    gradnoise did not write, is refused with one line, the files intact)."""
+    from gradnoise.io import atomic_write_text
+
+    readme = Path(readme)
+    claim = readme_outputs(readme, [o.name for o in outcomes])
+    text = readme.read_text(encoding="utf-8")
     figure_dir = readme.parent / "docs" / "results"
     figure_dir.mkdir(parents=True, exist_ok=True)
     for o in outcomes:
         for f in o.figures:
             shutil.copyfile(out_dir / o.name / f, figure_dir / f"{o.name}-{f}")
+    claim.record()
     block = f"{README_START}\n{results_block(outcomes, 'docs/results')}{README_END}"
-    readme.write_text(pattern.sub(lambda _: block, text, count=1))
+    atomic_write_text(readme, README_BLOCK.sub(lambda _: block, text, count=1))
 
 
 # --------------------------------------------------------------------------------------------
@@ -79,6 +103,10 @@ def run_command(args: argparse.Namespace) -> int:
     check_cluster_arguments(args)
     names = study_names() if args.name == "all" else [get_study(args.name).name]
     out = Path(args.out_dir)
+    for name in names:                           # every folder checked before the first study runs
+        study_outputs(name, out / name if args.name == "all" else out)
+    if args.update_readme:
+        readme_outputs(args.update_readme, names)
     outcomes = []
     with client_from_args(args) as client:
         config = Config(quick=args.quick, seed=args.seed, threads=args.threads, client=client)
