@@ -127,7 +127,7 @@ class SweepOutcome:
 
 def sweep_to_csv(
     grid, replicates: int, seed: int, out: str | os.PathLike, *, progress: bool = True, resume: bool = True,
-    client=None, threads: int | None = 1,
+    client=None, threads: int | None = 1, max_cost_evals: float | None = gn.engine.MAX_COST_EVALS,
 ) -> SweepOutcome:
     """Measure ``grid`` (from :func:`gradnoise.engine.cells`) into ``out``, resumably.
 
@@ -140,7 +140,8 @@ def sweep_to_csv(
     estimators' code every affected cell is computed anew, and :meth:`SweepOutcome.describe`
     says how many were reused and why. Cells are seeded independently, so resumed numbers are
     those of an uninterrupted run. The output is locked (:func:`output_lock`) while the sweep
-    runs, and checked writable before the first cell is computed.
+    runs, and checked writable before the first cell is computed; every cell is checked against
+    memory and ``max_cost_evals`` (:func:`gradnoise.engine.check_grid`) before the first is computed.
 
     Cells run at ``threads`` torch intra-op threads (default 1; ``None``: torch's setting), in
     this process, or with ``client`` (a ``distributed.Client``) on its Dask workers
@@ -149,6 +150,7 @@ def sweep_to_csv(
     """
     out = check_output_file(out)
     gn.engine.check_threads(threads)
+    gn.engine.check_grid(grid, replicates, max_cost_evals=max_cost_evals)
     with output_lock(out):
         return _sweep_locked(grid, replicates, seed, out, progress=progress, resume=resume, client=client,
                              threads=threads)
@@ -156,8 +158,6 @@ def sweep_to_csv(
 
 def _sweep_locked(grid, replicates, seed, out, *, progress, resume, client=None, threads=1) -> SweepOutcome:
     side = partial_path(out)
-    for problem in {id(p): p for p, _, _ in grid}.values():
-        gn.engine.check_memory(problem, replicates)
     found = _finished_cells(out, replicates, seed) if resume else {}
     if not resume and os.path.exists(side):
         os.unlink(side)
@@ -253,9 +253,21 @@ def run_sweep(args: argparse.Namespace) -> int:
         raise ValueError("no valid problem x estimator x budget combination:\n  " + "\n  ".join(skipped))
     with client_from_args(args) as client:
         outcome = sweep_to_csv(grid, args.replicates, args.seed, args.out, progress=not args.quiet,
-                               resume=not args.fresh, client=client, threads=args.threads)
+                               resume=not args.fresh, client=client, threads=args.threads,
+                               max_cost_evals=args.max_cost_evals)
     print(f"wrote {len(outcome.results)} rows ({outcome.describe()}) to {args.out}")
     return 0
+
+
+def max_cost_evals_argument(text: str) -> float:
+    """``--max-cost-evals``: a number > 0 (``1e12``; ``inf``: no bound)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a number > 0 such as 1e12 (inf: no bound), got {text!r}")
+    return value
 
 
 def run_list(args: argparse.Namespace) -> int:
@@ -296,6 +308,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--fresh", action="store_true",
                    help="recompute every cell (default: reuse finished cells of an interrupted or earlier run)")
+    p.add_argument("--max-cost-evals", type=max_cost_evals_argument, default=gn.engine.MAX_COST_EVALS, metavar="M",
+                   help="refuse, before computing, a cell whose cost evaluations R x (per estimate + warm-up) "
+                        "exceed M (default: %(default).0e; inf: no bound)")
     add_cluster_arguments(p)
     p.set_defaults(func=run_sweep)
 
