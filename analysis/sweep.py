@@ -178,6 +178,7 @@ def _what_changed(old: str, new: str, problem: str, estimator: str) -> str:
 def sweep_to_csv(
     grid, replicates: int, seed: int, out: str | os.PathLike, *, progress: bool = True, resume: bool = True,
     client=None, threads: int | None = 1, replace: bool = False,
+    max_cost_evals: float | None = gn.engine.MAX_COST_EVALS,
 ) -> SweepOutcome:
     """Measure ``grid`` (from :func:`gradnoise.engine.cells`) into ``out``, resumably.
 
@@ -192,7 +193,8 @@ def sweep_to_csv(
     many were reused and what changed. A cell whose code cannot be hashed is never reused.
     Cells are seeded independently, so resumed numbers are those of an uninterrupted run. The
     output is locked (:func:`output_lock`) while the sweep runs, and checked writable before
-    the first cell is computed.
+    the first cell is computed; every cell is checked against memory and
+    ``max_cost_evals`` (:func:`gradnoise.engine.check_grid`) before the first is computed.
 
     ``out`` keeps its rows of other cells (another grid, seed or R): the file holds the union,
     each row keyed by the code that computed it; :attr:`SweepOutcome.results` holds this grid's
@@ -207,6 +209,7 @@ def sweep_to_csv(
     """
     out = check_output_file(out)
     gn.engine.check_threads(threads)
+    gn.engine.check_grid(grid, replicates, max_cost_evals=max_cost_evals)
     with output_lock(out):
         return _sweep_locked(grid, replicates, seed, out, progress=progress, resume=resume, client=client,
                              threads=threads, replace=replace)
@@ -214,8 +217,6 @@ def sweep_to_csv(
 
 def _sweep_locked(grid, replicates, seed, out, *, progress, resume, client=None, threads=1, replace=False) -> SweepOutcome:
     side = partial_path(out)
-    for problem in {id(p): p for p, _, _ in grid}.values():
-        gn.engine.check_memory(problem, replicates)
     old = read_results_file(out)                       # refuses a file that is not ours, first
     keys = [_cell_key(p.spec, e.name, n, replicates, seed) for p, e, n in grid]
     found = {} if old is None else _cells_of(old)
@@ -343,9 +344,21 @@ def run_sweep(args: argparse.Namespace) -> int:
         raise ValueError("no valid problem x estimator x budget combination:\n  " + "\n  ".join(skipped))
     with client_from_args(args) as client:
         outcome = sweep_to_csv(grid, args.replicates, args.seed, args.out, progress=not args.quiet,
-                               resume=not args.fresh, client=client, threads=args.threads, replace=args.replace)
+                               resume=not args.fresh, client=client, threads=args.threads, replace=args.replace,
+                               max_cost_evals=args.max_cost_evals)
     print(f"wrote {len(outcome.results) + outcome.kept_rows} rows ({outcome.describe()}) to {args.out}")
     return 0
+
+
+def max_cost_evals_argument(text: str) -> float:
+    """``--max-cost-evals``: a number > 0 (``1e12``; ``inf``: no bound)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a number > 0 such as 1e12 (inf: no bound), got {text!r}")
+    return value
 
 
 def run_list(args: argparse.Namespace) -> int:
@@ -390,6 +403,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="recompute every cell (default: reuse finished cells of an interrupted or earlier run)")
     p.add_argument("--replace", action="store_true",
                    help="drop OUT's rows of other cells (default: keep them; OUT then holds the union)")
+    p.add_argument("--max-cost-evals", type=max_cost_evals_argument, default=gn.engine.MAX_COST_EVALS, metavar="M",
+                   help="refuse, before computing, a cell whose cost evaluations R x (per estimate + warm-up) "
+                        "exceed M (default: %(default).0e; inf: no bound)")
     add_cluster_arguments(p)
     p.set_defaults(func=run_sweep)
 

@@ -1,9 +1,11 @@
 """Grids, cells and seeds shared by the benchmark classes (no benchmarks live here).
 
 A *cell* is (problem, estimator, budget N), as in :mod:`gradnoise.engine`. :func:`cell` builds
-one from names and turns every reason it cannot run in the installed commit (a pathwise
+one from names and turns every declared reason it cannot run in the installed commit (a pathwise
 estimator on a discrete problem, N below the estimator's minimum, a model-only estimator on a
-plain expectation, a name this commit does not register) into ``NotImplementedError``.
+plain expectation: :class:`gradnoise.EstimatorNotApplicable`; a name this commit does not
+register) into ``NotImplementedError``. Any other error (a problem that became invalid) is no
+such reason: the cell stays listed and its benchmarks fail with that error.
 
 The grid benchmarks take one asv parameter, ``cell``, whose values are the labels of
 :data:`CELLS`: ``"problem, estimator, N"`` for each cell of ``PROBLEMS x ESTIMATORS x BUDGETS``
@@ -88,9 +90,11 @@ def cell(spec: str, name: str, n: int) -> tuple[gradnoise.Problem, gradnoise.Gra
     if name.partition(":")[0] not in gradnoise.estimator_names():
         raise NotImplementedError(f"estimator {name!r} is not registered in this commit")
     prob, estimator = problem(spec), gradnoise.get_estimator(name)
+    if n < estimator.min_budget:      # declared; stated here too for commits whose check says it in a ValueError
+        raise NotImplementedError(f"estimator {estimator.name!r} needs an integer budget N >= {estimator.min_budget}, got {n!r}")
     try:
         estimator.check(prob, n)
-    except ValueError as err:     # EstimatorNotApplicable is a ValueError, as is N < min_budget
+    except gradnoise.EstimatorNotApplicable as err:   # only this: an invalid problem fails the cell's benchmarks
         raise NotImplementedError(str(err)) from None
     return prob, estimator
 

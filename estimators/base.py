@@ -333,12 +333,24 @@ class GradientEstimator(abc.ABC):
         """
         return self.cost_evals(n)
 
+    def amortised_evals(self, n: int) -> int:
+        """Cost evaluations per replicate that ``prepare`` spends and :meth:`cost_evals` leaves out
+        (a warm-up that real use amortises); the engine's bound on a cell counts them. Default 0."""
+        return 0
+
+    def largest_batch(self, n: int) -> int:
+        """The most samples per replicate one pass holds at once: ``n``, or a larger pilot batch
+        drawn in ``prepare``; the engine sizes its chunks and its memory check by it. Default ``n``."""
+        return n
+
     def check(self, problem: Problem, n: int) -> None:
         """Raise a clear error if this estimator cannot run on ``problem`` at budget ``n``."""
-        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < self.min_budget:
+        if isinstance(n, bool) or not isinstance(n, numbers.Integral):
             raise ValueError(
                 f"estimator {self.name!r} needs an integer budget N >= {self.min_budget}, got {n!r}"
             )
+        if n < self.min_budget:     # declared not applicable: grids skip the cell with this reason
+            raise EstimatorNotApplicable(f"estimator {self.name!r} needs an integer budget N >= {self.min_budget}, got {n!r}")
         problem.validate()
         if self.needs_model and not problem.is_model:
             raise EstimatorNotApplicable(

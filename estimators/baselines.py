@@ -58,6 +58,14 @@ class Baseline(abc.ABC):
         """Cost evaluations spent per estimate beyond the ``n`` samples themselves."""
         return 0
 
+    def amortised_evals(self, n: int) -> int:
+        """Cost evaluations per replicate spent in ``init`` and not counted per estimate (a warm-up)."""
+        return 0
+
+    def largest_batch(self, n: int) -> int:
+        """The most samples per replicate ``init`` or an estimate holds at once (a pilot batch or ``n``)."""
+        return n
+
 
 class MovingAverage(Baseline):
     r"""Exponential moving average of past mean costs: :math:`b_t = \beta b_{t-1} + (1-\beta)\bar f_{t-1}`.
@@ -76,6 +84,9 @@ class MovingAverage(Baseline):
         if warmup < 0:
             raise ValueError(f"warmup must be >= 0, got {warmup}")
         self.beta, self.warmup = beta, warmup
+
+    def amortised_evals(self, n):
+        return (self.warmup + 1) * n       # the first batch, then ``warmup`` updates
 
     def _batch_cost(self, problem: Problem, params: Params, n: int) -> Tensor:
         with torch.no_grad():
@@ -136,6 +147,9 @@ class OptimalConstant(Baseline):
 
     def extra_evals(self, n):
         return self._pilot_size(n)
+
+    def largest_batch(self, n):
+        return max(n, self._pilot_size(n))
 
     def init(self, problem, params, n):
         size = self._pilot_size(n)

@@ -194,6 +194,10 @@ class DeltaMethod(GradientEstimator):
         self.inner.check(problem, n)
         expand_cost(problem, problem.params, f"estimator {self.name!r}")
 
+    def largest_batch(self, n):
+        """``n``, or the pilot batch where the coefficient is estimated and the pilot is larger."""
+        return n if self.beta is not None else max(n, self._pilot_size(n))
+
     def _same_noise(self, problems, params, n) -> list[dict[str, Tensor]]:
         """The inner estimator on each problem with the same random draws (one seed from the stream)."""
         seed = int(torch.randint(0, 2**62, ()).item())

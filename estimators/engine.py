@@ -15,8 +15,9 @@ A *cell* is (problem, estimator, budget N). For each cell the engine
    parameter, so the peak memory does not grow with R beyond the estimates themselves (process
    peak RSS with imports, gaussian-cos, reinforce, N=10^3: 489 MiB at R=10^4, 531 MiB at
    R=10^6, where keeping and concatenating per-chunk tensors fragmented the heap to 6.7 GB); a
-   cell whose estimates alone would not fit in the available memory is refused up front
-   (:func:`check_memory`);
+   cell whose estimates and one chunk's samples (N, or a larger pilot batch) would not fit in the
+   available memory is refused up front (:func:`check_memory`), and so is a cell whose cost
+   evaluations exceed a stated bound (:func:`check_cost_evals`, default :data:`MAX_COST_EVALS`);
 4. summarises each parameter with :func:`gradnoise.statistics.summarise` against the truth of
    the estimator's objective, into one tidy row per problem x estimator x param x budget.
 
@@ -144,28 +145,111 @@ def available_memory() -> int | None:
     return None
 
 
-def check_memory(problem: Problem, replicates: int) -> None:
-    """Refuse, with one line, a cell whose estimates alone would not fit in memory.
+#: bytes a chunk holds per sample-sized element (samples, costs, scores and the graph kept for the
+#: backward pass): at most 60 measured (peak RSS over one chunk of 2**22 elements, one replicate)
+#: over every estimator x gaussian-cos, gaussian-quadratic-nd, bernoulli-toy, linear-gaussian-vae;
+#: the most was bernoulli-toy x reinforce-delta, 38-43 for measure-valued, 3-5 for the VAE's IWAEs
+BYTES_PER_SAMPLE_ELEMENT = 64
 
-    The engine holds the ``R x P`` estimates (P the problem's parameter count) and, while
-    summarising, float64 copies of one parameter at a time; the sample-sized work of a chunk is
-    bounded by ``max_elements`` whatever R, so the estimates are what grows with R.
+#: default bound on a cell's cost evaluations, R x (per estimate + amortised warm-up)
+#: (:func:`cell_cost_evals`): the default sweep, report, studies and asv grids need at most 2.2e8
+#: (asv's peak-memory cell of reinforce-ema on gaussian-cos, R = 10^4, N = 10^3, warm-up 20)
+MAX_COST_EVALS = 10**10
+
+
+def check_memory(
+    problem: Problem, replicates: int, estimator: GradientEstimator | None = None, budget: int | None = None,
+    *, max_elements: int = MAX_ELEMENTS,
+) -> None:
+    """Refuse, with one line (``MemoryError``), a cell that would not fit in memory.
+
+    The engine holds the ``R x P`` estimates (P the problem's parameter count; summarising adds
+    float64 copies of one parameter at a time: :data:`BYTES_PER_ESTIMATE` each) and one chunk's
+    sample-sized work: ``chunk x B x (E + P)`` elements of :data:`BYTES_PER_SAMPLE_ELEMENT`, B the
+    estimator's :meth:`~gradnoise.base.GradientEstimator.largest_batch` (N, or a larger pilot) and
+    E the event size. The chunk is bounded by ``max_elements`` whatever R, except that it holds at
+    least one replicate: with N (or the pilot) huge, one replicate's samples alone may not fit.
+    Without an estimator only the estimates are counted.
     """
-    need = replicates * problem.param_numel() * BYTES_PER_ESTIMATE
+    estimates = replicates * problem.param_numel() * BYTES_PER_ESTIMATE
+    samples, chunk, batch = 0, 0, 0
+    if estimator is not None:
+        batch = estimator.largest_batch(budget)
+        chunk = chunk_size(problem, budget, replicates, max_elements, batch=batch)
+        samples = chunk * batch * (problem.event_numel() + problem.param_numel()) * BYTES_PER_SAMPLE_ELEMENT
+    need = estimates + samples
     if need < SMALL_CELL_BYTES:      # not worth reading /proc/meminfo (15 us, a small cell's 5%)
         return
     have = available_memory()
-    if have is not None and need > have:
+    if have is None or need <= have:
+        return
+    gib = 2**30
+    if estimator is None or estimates >= samples:
         raise MemoryError(
-            f"problem {problem.spec!r} with R = {replicates} replicates needs about {need / 2**30:.1f} GiB "
-            f"for its {problem.param_numel()} x R estimates alone, more than the {have / 2**30:.1f} GiB "
-            f"available; use fewer replicates"
+            f"problem {problem.spec!r} with R = {replicates} replicates needs about {need / gib:.1f} GiB "
+            f"for its {problem.param_numel()} x R estimates{'' if estimator else ' alone'}, more than the "
+            f"{have / gib:.1f} GiB available; use fewer replicates"
         )
+    pilot = " (its pilot batch)" if batch > budget else ""
+    raise MemoryError(
+        f"problem {problem.spec!r} x estimator {estimator.name!r} at N = {budget} needs about {need / gib:.1f} GiB "
+        f"for {chunk} replicate(s) x {batch} samples{pilot} at once, more than the {have / gib:.1f} GiB "
+        f"available; use a smaller N{' or pilot' if pilot else ''}"
+    )
 
 
-def chunk_size(problem: Problem, budget: int, replicates: int, max_elements: int = MAX_ELEMENTS) -> int:
-    """Replicates per chunk so that ``budget * chunk * (event + param numel) <= max_elements``."""
-    per_replicate = budget * (problem.event_numel() + problem.param_numel())
+def cell_cost_evals(problem: Problem, estimator: GradientEstimator, budget: int, replicates: int) -> int:
+    """Cost evaluations of one cell: ``R x (cost_evals_for(problem, N) + amortised_evals(N))``,
+    the per-estimate evaluations (pilot included) and an amortised warm-up."""
+    return replicates * (estimator.cost_evals_for(problem, budget) + estimator.amortised_evals(budget))
+
+
+def check_max_cost_evals(max_cost_evals: float | None) -> float | None:
+    """``max_cost_evals`` if it is None (no bound) or a number > 0 (``inf``: no bound), else one ``ValueError``."""
+    if max_cost_evals is not None and (
+            isinstance(max_cost_evals, bool) or not isinstance(max_cost_evals, numbers.Real) or not max_cost_evals > 0):
+        raise ValueError(f"max_cost_evals must be a number > 0 (None or inf: no bound), got {max_cost_evals!r}")
+    return max_cost_evals
+
+
+def check_cost_evals(
+    problem: Problem, estimator: GradientEstimator, budget: int, replicates: int,
+    max_cost_evals: float | None = MAX_COST_EVALS,
+) -> None:
+    """Refuse, with one ``ValueError`` line giving the estimate, a cell whose cost evaluations
+    (:func:`cell_cost_evals`) exceed ``max_cost_evals`` (None: no bound)."""
+    if check_max_cost_evals(max_cost_evals) is None:
+        return
+    total = cell_cost_evals(problem, estimator, budget, replicates)
+    if total <= max_cost_evals:
+        return
+    warm = estimator.amortised_evals(budget)
+    raise ValueError(
+        f"problem {problem.spec!r} x estimator {estimator.name!r} at N = {budget}, R = {replicates} would spend "
+        f"about {total:.3g} cost evaluations (R x ({estimator.cost_evals_for(problem, budget)} per estimate"
+        f"{f' + {warm} warm-up' if warm else ''})), more than the bound of {max_cost_evals:.3g}; use a smaller "
+        f"N{', warm-up' if warm else ''} or R, or lift the bound (max_cost_evals= in Python, "
+        f"--max-cost-evals on the command line)"
+    )
+
+
+def check_grid(
+    grid: Sequence[tuple[Problem, GradientEstimator, int]], replicates: int, *,
+    max_elements: int = MAX_ELEMENTS, max_cost_evals: float | None = MAX_COST_EVALS,
+) -> None:
+    """Before any cell of ``grid`` is computed: every cell within memory (:func:`check_memory`,
+    which no option lifts) and within the cost bound (:func:`check_cost_evals`); one line otherwise."""
+    check_max_cost_evals(max_cost_evals)
+    for problem, estimator, n in grid:
+        check_memory(problem, replicates, estimator, n, max_elements=max_elements)
+        check_cost_evals(problem, estimator, n, replicates, max_cost_evals)
+
+
+def chunk_size(problem: Problem, budget: int, replicates: int, max_elements: int = MAX_ELEMENTS,
+               *, batch: int | None = None) -> int:
+    """Replicates per chunk so that ``batch * chunk * (event + param numel) <= max_elements``, at
+    least one; ``batch`` (default ``budget``) is the most samples per replicate held at once."""
+    per_replicate = (budget if batch is None else batch) * (problem.event_numel() + problem.param_numel())
     return max(1, min(replicates, max_elements // per_replicate))
 
 
@@ -186,10 +270,10 @@ def replicate_estimates(
     """
     _check_counts(budget, replicates)
     estimator.check(problem, budget)
-    check_memory(problem, replicates)
+    check_memory(problem, replicates, estimator, budget, max_elements=max_elements)
     device = next(iter(problem.params.values())).device
     devices = [device.index or 0] if device.type == "cuda" else []
-    step = chunk_size(problem, budget, replicates, max_elements)
+    step = chunk_size(problem, budget, replicates, max_elements, batch=estimator.largest_batch(budget))
     out: dict[str, Tensor] = {}
     where = f"problem {problem.spec!r}, estimator {estimator.name!r}, budget {budget}"
     start = time.perf_counter()
@@ -296,7 +380,9 @@ def cells(
     """The valid (problem, estimator, budget) cells of a grid, built and checked up front.
 
     ``on_invalid="raise"`` re-raises the first applicability error; ``"skip"`` drops such cells,
-    appending each distinct one-line reason to ``skipped``.
+    appending each distinct one-line reason to ``skipped``. Only the declared
+    :class:`EstimatorNotApplicable` (which includes N below the estimator's ``min_budget``) is
+    skipped: an invalid problem (a cost of the wrong shape, a non-finite parameter) raises.
     """
     if on_invalid not in ("raise", "skip"):
         raise ValueError(f"on_invalid must be 'raise' or 'skip', got {on_invalid!r}")
@@ -318,7 +404,7 @@ def cells(
             for n in budgets:
                 try:
                     estimator.check(problem, n)
-                except (EstimatorNotApplicable, ValueError) as err:
+                except EstimatorNotApplicable as err:
                     if on_invalid == "raise":
                         raise
                     reason = f"{problem.spec} x {estimator.name}: {err}"
@@ -351,6 +437,7 @@ def measure(
     max_elements: int = MAX_ELEMENTS,
     threads: int | None = 1,
     client=None,
+    max_cost_evals: float | None = MAX_COST_EVALS,
 ) -> pd.DataFrame:
     """Measure every problem x estimator x budget; a tidy DataFrame with :data:`COLUMNS`.
 
@@ -362,6 +449,9 @@ def measure(
     ``None`` leaves torch's setting). With ``client`` (a ``distributed.Client``) the cells run
     on its Dask workers (:func:`gradnoise.cluster.map_cells`), with the same numbers, bitwise,
     in the same row order.
+
+    Before any cell is computed, every cell is checked against memory and against
+    ``max_cost_evals`` (:func:`check_grid`; default :data:`MAX_COST_EVALS`, None: no bound).
     """
     def one(value, cls, what):
         if isinstance(value, (str, cls)):
@@ -373,12 +463,14 @@ def measure(
                             f"({type(value).__name__})") from None
 
     _check_counts(1, replicates)
+    check_max_cost_evals(max_cost_evals)
     if _is_count(budgets):
         budgets = [budgets]
     elif isinstance(budgets, (str, bytes)) or not isinstance(budgets, Iterable):
         raise TypeError(f"budgets must be an integer or a list of integers, got {budgets!r} ({type(budgets).__name__})")
     grid = cells(one(problems, Problem, "problems"), one(estimators, GradientEstimator, "estimators"),
                  budgets, device=device, on_invalid=on_invalid)
+    check_grid(grid, replicates, max_elements=max_elements, max_cost_evals=max_cost_evals)
     if client is not None:
         from .cluster import map_cells
 

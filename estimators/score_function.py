@@ -39,6 +39,12 @@ class ScoreFunction(GradientEstimator):
     def cost_evals(self, n):
         return n + (self.baseline.extra_evals(n) if self.baseline else 0)
 
+    def amortised_evals(self, n):
+        return self.baseline.amortised_evals(n) if self.baseline else 0
+
+    def largest_batch(self, n):
+        return self.baseline.largest_batch(n) if self.baseline else n
+
     def prepare(self, problem, params, n):
         return self.baseline.init(problem, params, n) if self.baseline else None
 
