@@ -7,11 +7,12 @@ import numpy as np
 import torch
 from scipy import stats
 
+# float32 rounding of one estimate, relative (a few dozen roundings of eps = 2^-23, with a
+# margin); the engine's bias z uses the same floor
+from gradnoise.statistics import ROUNDING
+
 # family-wise level equal to a single two-sided 4-standard-error test
 ALPHA = float(2 * stats.norm.sf(4.0))
-# float32 rounding of one estimate, relative: a few dozen roundings of eps = 2^-23 each (cost,
-# score or pathwise backward, mean over N), with a margin (tests/test_control_variates.py)
-ROUNDING = 256 * float(torch.finfo(torch.float32).eps)
 
 
 def holm_reject(pvalues: np.ndarray, alpha: float = ALPHA) -> np.ndarray:

@@ -12,6 +12,7 @@ import pytest
 from scipy import integrate, stats
 
 import gradnoise as gn
+from gradnoise import statistics
 from gradnoise.engine import replicate_estimates
 from gradnoise.statistics import CONFIDENCE, summarise, variance_interval
 from stat_checks import ALPHA
@@ -84,3 +85,22 @@ def test_summary_columns_are_defined_once():
     assert list(summarise(g, np.zeros(3), np.zeros(3))) == list(SUMMARY_COLUMNS)
     i = gn.COLUMNS.index("truth")
     assert gn.COLUMNS[i:i + len(SUMMARY_COLUMNS)] == list(SUMMARY_COLUMNS)
+
+
+def test_an_estimate_exact_up_to_rounding_is_not_called_biased():
+    """The delta method's fitted coefficient on a quadratic cost is exact up to float32 rounding
+    (sd 4e-8 against a gradient of 2): its bias z was infinite, a false "biased". The rounding
+    floor of the standard error makes it small, while a real bias of 1e-3 relative, far above
+    rounding, is still caught (negative control)."""
+    rng = np.random.default_rng(0)
+    truth = np.array([2.0, -1.0])
+    exact = truth + 4e-8 * rng.standard_normal((300, 2)) + 1e-7     # rounding-level offset
+    row = statistics.summarise(exact, truth, np.zeros(2))
+    assert abs(row["bias_z"]) < 3 and row["bias_p"] > 0.01
+    biased = exact * (1 + 1e-3)
+    assert statistics.summarise(biased, truth, np.zeros(2))["bias_z"] > 10
+
+
+def test_the_engine_does_not_call_the_exact_delta_method_biased():
+    df = gn.measure("bernoulli-toy", "reinforce-delta", [10, 100], replicates=200)
+    assert np.isfinite(df["bias_z"]).all() and (df["bias_z"].abs() < 4).all(), df[["budget", "bias", "bias_z"]]
