@@ -404,6 +404,12 @@ def compare_results(before: pd.DataFrame, after: pd.DataFrame, *, alpha: float =
                 sides = [s for s, st in (("before", r.status_b), ("after", r.status_a)) if st == "skipped"]
                 row.update(before=r.value_b, after=r.value_a, test="none", p_value=np.nan, verdict="skipped",
                            reason=f"skipped {' and '.join(sides)} (NotImplementedError in setup: does not apply)")
+            elif not all(np.isfinite(np.asarray([v for v in (r.value_b, r.value_a, *(sb or ()), *(sa or ()))
+                                                 if v is not None], dtype=float))):
+                ratio = r.value_a / r.value_b if r.value_b else np.nan
+                row.update(before=r.value_b, after=r.value_a, ratio=ratio, test="none", p_value=np.nan,
+                           verdict="untestable", n_before=int(r.n_b), n_after=int(r.n_a),
+                           reason=_join("a non-finite value (inf or NaN) on a side: nothing to test with", _bridged(r)))
             elif sb is not None and sa is not None and len(sb) >= 2 and len(sa) >= 2:
                 row.update(compare_pair(sb, sa, kind, level=level))
                 row["reason"] = _join(_bridged(r), _zero_note(row["before"], row["after"]))

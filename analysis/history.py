@@ -217,7 +217,8 @@ def detect_history_steps(history: pd.DataFrame, thresholds: dict[str, float], *,
                          include_single: bool = False) -> pd.DataFrame:
     """Steps of every (benchmark, cell, env) series of :func:`load_history` (``STEP_COLUMNS``).
 
-    Single-sample points (:func:`single_sample`) count as missing unless ``include_single``."""
+    Single-sample points (:func:`single_sample`) count as missing unless ``include_single``, and
+    so do non-finite values (asv's step detection cannot fit them)."""
     history = history.assign(_used=(history["status"] == "ok") & (include_single | ~single_sample(history)))
     commits = list(dict.fromkeys(history["commit"]))
     subjects = dict(zip(history["commit"], history["subject"]))
@@ -226,7 +227,9 @@ def detect_history_steps(history: pd.DataFrame, thresholds: dict[str, float], *,
         warnings.simplefilter("ignore", RuntimeWarning)
         for (bench, cell, env), g in history.groupby(["benchmark", "cell", "env"], sort=True):
             g = g.set_index("commit").reindex(commits)
-            ok = g["_used"].fillna(False).astype(bool)
+            # a non-finite value (an infinite bias z) is left out: asv's step detection cannot fit
+            # it (on an infinite series it allocated without bound: 24 GB, then the OOM killer)
+            ok = g["_used"].fillna(False).astype(bool) & np.isfinite(g["value"].astype(float))
             y = [float(v) if k else None for v, k in zip(g["value"], ok)]
             w = [asv_stats.get_weight({"ci_99_a": lo, "ci_99_b": hi}) if k and np.isfinite(lo) and np.isfinite(hi) else None
                  for lo, hi, k in zip(g["ci_low"], g["ci_high"], ok)]

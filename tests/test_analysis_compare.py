@@ -423,3 +423,18 @@ def test_fail_on_regression_keeps_exit_status_1_when_the_reader_closes_the_pipe(
         os.close(write)
     assert done.returncode == 1, done.stderr
     assert done.stderr == "" and (tmp_path / "c.csv").exists()
+
+
+def test_an_infinite_track_is_untestable_with_a_reason(tmp_path):
+    """An exact estimator's bias z can be infinite (before the rounding floor it was, for the
+    centred delta method): its ratio is not a number, so the cell is untestable, with a reason,
+    never a silent NaN "unchanged"."""
+    root = str(tmp_path / "results")
+    rng = np.random.default_rng(3)
+    for commit in (BEFORE, AFTER):
+        samples = [[np.inf] * BATCHES if i == 0 else batch_variances(rng, 1.0) for i in range(6)]
+        write_results(root, commit, {"quality.TrackBiasExcess.track_bias_excess": samples})
+    df = compare(BEFORE, AFTER, results_dir=root)
+    inf = df[df["cell"] == "reinforce, 1"].iloc[0]
+    assert inf["verdict"] == "untestable" and "non-finite" in inf["reason"]
+    assert set(df.loc[df["cell"] != "reinforce, 1", "verdict"]) == {"unchanged"}

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -244,3 +246,26 @@ def test_a_quantity_that_becomes_exactly_zero_is_a_step_without_warnings(tmp_pat
     assert [(r.cell, r.direction, r.commit, r.after) for r in steps.itertuples()] == [
         ("delta", "improvement", commits[2], 0.0)]
     assert "| 0 (better, exactly 0) |" in (out / "history.md").read_text()
+
+
+def test_an_infinite_value_is_left_out_of_step_detection_in_bounded_memory():
+    """A track that is infinite at some commits (an exact estimator's bias z was inf) made asv's
+    step detection allocate without bound (24 GB, then the OOM killer ended CI). Run in a child
+    process with 3 GB of address space, so that a regression fails here instead of killing the run."""
+    code = textwrap.dedent("""
+        import resource
+        resource.setrlimit(resource.RLIMIT_AS, (3 * 2**30, 3 * 2**30))
+        import numpy as np, pandas as pd
+        from gradnoise.analysis.history import HISTORY_COLUMNS, detect_history_steps
+        commits = [f"{i:040x}" for i in range(12)]
+        values = [1.0] * 4 + [np.inf] * 4 + [3.0] * 4
+        df = pd.DataFrame({"commit": commits, "date": 0, "subject": "s", "env": "e",
+                           "benchmark": "quality.TrackBiasExcess.track_bias_excess", "cell": "c",
+                           "status": "ok", "value": values, "ci_low": np.nan, "ci_high": np.nan,
+                           "samples": 10})[HISTORY_COLUMNS]
+        steps = detect_history_steps(df, {".*": 0.35})
+        print(len(steps), steps["commit"].iloc[0][-2:] if len(steps) else "-")
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["1", "08"]          # the step from 1 to 3, at the first finite 3
