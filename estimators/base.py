@@ -39,6 +39,8 @@ finite value per sample.
 from __future__ import annotations
 
 import abc
+import copy
+import hashlib
 import math
 import numbers
 from dataclasses import dataclass, field
@@ -78,6 +80,25 @@ class Objective:
         return Objective() if self.kind == "iwae" and self.k == 1 else self
 
 
+@dataclass
+class Estimate:
+    """What one call of an estimator gives: ``grads`` (``{name: (R, *param_shape)}``, row ``r`` one
+    ``n``-sample estimate) and ``state``, the estimator's state after it (per-replicate tensors with
+    a leading ``R`` dimension, or None). A stateless estimator's ``estimate`` may return the dict
+    alone; :func:`as_estimate` reads both."""
+
+    grads: "Grads"
+    state: Any = None
+    #: anything the estimator's :meth:`~GradientEstimator.adapt` needs from this estimate (e.g. the
+    #: gradient of its variance with respect to its control parameters); never measured
+    aux: Any = None
+
+
+def as_estimate(result: "Estimate | Grads", state: Any) -> Estimate:
+    """``result`` as an :class:`Estimate`: a bare dict of gradients leaves ``state`` unchanged."""
+    return result if isinstance(result, Estimate) else Estimate(result, state)
+
+
 @dataclass(frozen=True)
 class Truth:
     """The true gradient of one objective, labelled with how it is known.
@@ -107,17 +128,20 @@ def replicate(params: Params, leading: tuple[int, ...]) -> dict[str, Tensor]:
     }
 
 
-def grad_of(surrogate: Tensor, params: Params, *, retain_graph: bool = False) -> Grads:
+def grad_of(surrogate: Tensor, params: Params, *, retain_graph: bool = False, create_graph: bool = False) -> Grads:
     """Gradient of ``surrogate.sum()`` w.r.t. each leaf, zeros for leaves it does not use.
 
     With replicated leaves and a surrogate of shape ``(R,)`` whose entry ``r`` depends only on
     row ``r`` of each leaf, row ``r`` of the result is :math:`\\nabla_{\\phi_r}` surrogate[r].
+    ``create_graph=True`` keeps the gradient differentiable (an adaptive estimator minimising its
+    own variance differentiates through its estimate).
     """
     names = list(params)
     if not surrogate.requires_grad:
         return {n: torch.zeros_like(params[n]) for n in names}
     grads = torch.autograd.grad(
-        surrogate.sum(), [params[n] for n in names], retain_graph=retain_graph, allow_unused=True
+        surrogate.sum(), [params[n] for n in names], retain_graph=retain_graph or create_graph,
+        create_graph=create_graph, allow_unused=True,
     )
     return {n: torch.zeros_like(params[n]) if g is None else g for n, g in zip(names, grads)}
 
@@ -182,7 +206,9 @@ class Problem(abc.ABC):
     #: attributes that are caches of derived values, left out of a user problem's fingerprint
     #: (:func:`gradnoise.provenance.fingerprint`)
     fingerprint_exclude = frozenset({"_validated", "_sample_gradient_reason", "_event_numel", "_has_rsample",
-                                     "_truths", "cacheable_truth", "fingerprint_factory"})
+                                     "_truths", "cacheable_truth", "fingerprint_factory", "_points", "_base"})
+    #: caches of values derived from the parameters, computed anew at another point (:meth:`at`)
+    _point_caches = ("_validated", "_sample_gradient_reason", "_truths", "_points")
     params: dict[str, Tensor]
     #: named groups of parameters summarised together (e.g. ``{"encoder": [...], "decoder": [...]}``)
     groups: dict[str, list[str]] = {}
@@ -202,6 +228,47 @@ class Problem(abc.ABC):
     @property
     def name(self) -> str:
         return self.spec.split(":", 1)[0]
+
+    def at(self, params: Params) -> "Problem":
+        """This problem at another parameter point: the same distribution family, cost and truth
+        method, with ``params`` (same names and shapes) instead of :attr:`params`.
+
+        Its ``spec`` is this one's with ``@`` and 12 hex digits of a hash of the parameter values
+        (so its cells have their own random streams and rows, and never pass for the base
+        point's), its truths are its own (an oracle's disk cache is keyed by the values), and it
+        is validated at the new point (:meth:`validate`: finite parameters, a cost of the right
+        shape) before it is returned. Points are cached by that hash: the same values give the
+        same object, and truths computed there are reused. Raises ``ValueError`` naming the
+        parameter for another name, shape or a non-tensor.
+        """
+        base = self.__dict__.get("_base", self)
+        if set(params) != set(base.params):
+            raise ValueError(f"problem {base.spec!r}: parameters {sorted(params)} given at a point, but it has "
+                             f"{sorted(base.params)}")
+        moved = {}
+        for name, value in params.items():
+            like = base.params[name]
+            if not isinstance(value, Tensor):
+                value = torch.as_tensor(value, dtype=like.dtype)
+            if tuple(value.shape) != tuple(like.shape):
+                raise ValueError(f"problem {base.spec!r}: parameter {name!r} has shape {tuple(like.shape)}, "
+                                 f"got {tuple(value.shape)} at a point")
+            moved[name] = value.detach().to(dtype=like.dtype, device=like.device)
+        key = hashlib.blake2b(digest_size=6)
+        for name in sorted(moved):
+            key.update(name.encode() + b"\0" + moved[name].cpu().contiguous().numpy().tobytes())
+        points = base.__dict__.setdefault("_points", {})
+        if key.hexdigest() not in points:
+            point = copy.copy(base)
+            for cache in self._point_caches:
+                point.__dict__.pop(cache, None)
+            if "_truths" in base.__dict__:
+                point._truths = {}
+            point.params, point._base = moved, base
+            point.spec = f"{base.spec}@{key.hexdigest()}"
+            point.validate()
+            points[key.hexdigest()] = point
+        return points[key.hexdigest()]
 
     def validate(self) -> None:
         """Check once that the problem can give finite numbers of the right shape; raise otherwise.
@@ -373,18 +440,53 @@ class GradientEstimator(abc.ABC):
                     f"estimator such as 'reinforce'"
                 )
 
+    # -- state in, state out (optax's ``init`` / ``update``, within torch) ---------------------------
+    def init(self, problem: Problem, params: Params, n: int) -> Any:
+        """The state before the first estimate at ``params`` (replicated leaves): per-replicate
+        tensors with a leading ``R`` dimension (a baseline's first value, a pilot's coefficients,
+        an adaptive estimator's control parameters), or None. Any random draw it makes comes from
+        the engine's stream for the replicates' block. Default: :meth:`prepare` (the older name)."""
+        return self.prepare(problem, params, n)
+
     def prepare(self, problem: Problem, params: Params, n: int) -> Any:
-        """Explicit state computed before measuring (e.g. a warmed-up baseline); default None."""
+        """The older name of :meth:`init`, kept for estimators written against it; default None."""
         return None
 
+    def warmup_steps(self, n: int) -> int:
+        """Steps (:meth:`step`) run at a frozen point after :meth:`init` and before the estimate
+        that is measured: the EMA baseline's warm-up, an adaptive estimator's. Default 0."""
+        return 0
+
     @abc.abstractmethod
-    def estimate(self, problem: Problem, params: Params, n: int, state: Any) -> Grads:
-        """``R`` independent ``n``-sample estimates, each of shape ``(R, *param_shape)``."""
+    def estimate(self, problem: Problem, params: Params, n: int, state: Any) -> "Estimate | Grads":
+        """``R`` independent ``n``-sample estimates, each of shape ``(R, *param_shape)``, and the
+        state after them: an :class:`Estimate`, or the dict of estimates alone where the state
+        does not change."""
+
+    def adapt(self, problem: Problem, params: Params, n: int, estimate: Estimate) -> Any:
+        """An adaptive estimator's hook: the new state after ``estimate`` (its control parameters
+        moved, e.g. down the gradient of its single-sample variance, taken with
+        ``grad_of(..., create_graph=True)``). Default: ``estimate.state`` unchanged."""
+        return estimate.state
+
+    def step(self, problem: Problem, params: Params, n: int, state: Any) -> Estimate:
+        """One estimate and the adapted state after it: what a training step and a warm-up step
+        call (:meth:`estimate`, then :meth:`adapt`)."""
+        est = as_estimate(self.estimate(problem, params, n, state), state)
+        return Estimate(est.grads, self.adapt(problem, params, n, est))
+
+    def frozen(self, problem: Problem, params: Params, n: int) -> Estimate:
+        """The estimate measured at a frozen point: :meth:`init`, :meth:`warmup_steps` steps, then
+        one :meth:`estimate` (its state returned, not adapted)."""
+        state = self.init(problem, params, n)
+        for _ in range(self.warmup_steps(n)):
+            state = self.step(problem, params, n, state).state
+        return as_estimate(self.estimate(problem, params, n, state), state)
 
     def __call__(self, problem: Problem, params: Params, n: int) -> Grads:
-        """Check, prepare and estimate in one call (replicated leaves in, estimates out)."""
+        """Check, then the frozen-point estimate (:meth:`frozen`): replicated leaves in, estimates out."""
         self.check(problem, n)
-        return self.estimate(problem, params, n, self.prepare(problem, params, n))
+        return self.frozen(problem, params, n).grads
 
     def __repr__(self) -> str:
         return f"<estimator {self.name}>"

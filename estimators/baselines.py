@@ -10,7 +10,9 @@ A baseline is a small object in the style of optax's ``(init, update)`` pairs:
   to ``(R, *param_shape)`` (one constant per coordinate, multiplying that coordinate's mean
   score); either part may be empty (zero).
 * ``update(state, f) -> state``: the new state after seeing ``f`` (stateless baselines return it
-  unchanged).
+  unchanged); the estimator returns it with its estimate (:class:`gradnoise.base.Estimate`), so a
+  training loop carries it from step to step and a frozen-point warm-up is ``warmup_steps`` such
+  steps.
 
 The estimator :class:`gradnoise.score_function.ScoreFunction` composes a baseline with
 REINFORCE; nothing is copied between estimators. A baseline keeps the estimator unbiased
@@ -43,7 +45,9 @@ class ControlVariate:
 
 class Baseline(abc.ABC):
     min_budget: int = 1
-    amortised: bool = False   # True: ``init`` is a warm-up whose cost real use spreads over training
+    amortised: bool = False   # True: ``init`` and the warm-up are work real use spreads over training
+    #: estimates at a frozen point before the measured one, each followed by :meth:`update`
+    warmup_steps: int = 0
 
     def init(self, problem: Problem, params: Params, n: int) -> Any:
         return None
@@ -93,11 +97,15 @@ class MovingAverage(Baseline):
             dist = problem.distribution(params)
             return evaluate_cost(problem, sample_detached(dist, (n,)), params)
 
+    @property
+    def warmup_steps(self) -> int:
+        """The warm-up is ``warmup`` estimates at the frozen point, each followed by :meth:`update`
+        (the estimator's :meth:`~gradnoise.base.GradientEstimator.step`): the same draws and so
+        the same state, bitwise, as a loop of cost batches, through the one contract training uses."""
+        return self.warmup
+
     def init(self, problem, params, n):
-        state = self._batch_cost(problem, params, n).mean(0)
-        for _ in range(self.warmup):
-            state = self.update(state, self._batch_cost(problem, params, n))
-        return state
+        return self._batch_cost(problem, params, n).mean(0)
 
     def value(self, state, f):
         return ControlVariate(per_sample=state)  # (R,), broadcast over the n samples

@@ -219,7 +219,7 @@ class DeltaMethod(GradientEstimator):
         e_h = grad_of(taylor.expected(params), params)
         return g_f, {k: g_h[k] - e_h[k] for k in g_h}
 
-    def prepare(self, problem, params, n):
+    def init(self, problem, params, n):
         taylor = expand_cost(problem, params, f"estimator {self.name!r}")
         replicates = next(iter(params.values())).shape[0]
         if self.beta is not None:

@@ -42,7 +42,7 @@ from torch import Tensor
 from torch.distributions import Distribution
 
 from . import statistics
-from .base import all_finite, EstimatorNotApplicable, GradientEstimator, NonFiniteCostError, Problem, replicate
+from .base import all_finite, as_estimate, EstimatorNotApplicable, GradientEstimator, NonFiniteCostError, Problem, replicate
 from . import provenance
 from .registry import get_estimator, make_problem
 
@@ -253,6 +253,73 @@ def chunk_size(problem: Problem, budget: int, replicates: int, max_elements: int
     return max(1, min(replicates, max_elements // per_replicate))
 
 
+#: sample-sized elements of one block of replicates (``block x B x (E + P)``, B the largest batch):
+#: a constant, so that a cell's blocks, and so its numbers, never depend on the memory available
+BLOCK_ELEMENTS = 2**22
+
+
+def block_size(problem: Problem, estimator: GradientEstimator, budget: int) -> int:
+    """Replicates per block: ``BLOCK_ELEMENTS // (B x (E + P))``, at least one, B the estimator's
+    :meth:`~gradnoise.base.GradientEstimator.largest_batch` (N, or a larger pilot). A function of
+    the cell alone (not of ``max_elements`` or the machine)."""
+    per_replicate = estimator.largest_batch(budget) * (problem.event_numel() + problem.param_numel())
+    return max(1, BLOCK_ELEMENTS // per_replicate)
+
+
+def blocks(problem: Problem, estimator: GradientEstimator, budget: int, replicates: int) -> list[tuple[int, int, int]]:
+    """The cell's blocks ``(index, first replicate, size)``: replicates ``first .. first + size - 1``."""
+    size = block_size(problem, estimator, budget)
+    return [(i, first, min(size, replicates - first)) for i, first in enumerate(range(0, replicates, size))]
+
+
+def block_seed(cell: int, index: int) -> int:
+    """The seed of block ``index`` of a cell seeded ``cell`` (:func:`cell_seed`): the cell's seed for
+    block 0 (so a cell of one block draws what it drew before blocks existed), else a 63-bit hash
+    of (cell seed, index)."""
+    if index == 0:
+        return cell
+    key = f"{cell}|block {index}".encode()
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1
+
+
+@contextlib.contextmanager
+def seeded(seed: int, device: torch.device):
+    """Torch's generator for ``device`` seeded with ``seed`` inside ``fork_rng`` (the caller's
+    stream untouched), with ``torch.distributions``' argument validation off (see
+    :func:`distribution_validation`)."""
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices), distribution_validation(False):
+        if device.type == "cuda":
+            torch.manual_seed(seed)
+        else:
+            # the CPU generator alone: torch.manual_seed also queues a lazy seeding of every CUDA
+            # device, recording a traceback each time (0.45 ms a cell, half a small cell's time)
+            torch.default_generator.manual_seed(seed)
+        yield
+
+
+def block_estimates(
+    problem: Problem, estimator: GradientEstimator, budget: int, size: int, seed: int,
+    params: dict[str, Tensor] | None = None,
+) -> tuple[dict[str, Tensor], float]:
+    """One block: ``size`` independent estimates at a frozen point, every random draw (the
+    estimator's :meth:`~gradnoise.base.GradientEstimator.init`, its warm-up steps and the estimate)
+    from torch's generator seeded with ``seed``. Returns the estimates ``{name: (size, *shape)}``
+    (detached) and the seconds spent outside an amortised ``init`` and warm-up."""
+    params = problem.params if params is None else params
+    device = next(iter(params.values())).device
+    leaves = replicate(params, (size,))
+    with seeded(seed, device):
+        start = time.perf_counter()
+        state = estimator.init(problem, leaves, budget)
+        for _ in range(estimator.warmup_steps(budget)):
+            state = estimator.step(problem, leaves, budget, state).state
+        amortised = time.perf_counter() - start if estimator.amortised_prepare else 0.0
+        grads = as_estimate(estimator.estimate(problem, leaves, budget, state), state).grads
+        grads = {k: g.detach() for k, g in grads.items()}
+    return grads, time.perf_counter() - start - amortised
+
+
 def replicate_estimates(
     problem: Problem,
     estimator: GradientEstimator,
@@ -261,52 +328,50 @@ def replicate_estimates(
     seed: int,
     *,
     max_elements: int = MAX_ELEMENTS,
+    order: Sequence[int] | None = None,
 ) -> tuple[dict[str, Tensor], float]:
     """``replicates`` independent ``budget``-sample estimates, each ``(R, *param_shape)``.
 
-    Returns the estimates (detached) and the wall-clock seconds spent (preparation included unless
-    the estimator declares it amortised, as the EMA warm-up is).
+    The replicates are computed in blocks of a fixed size (:func:`blocks`), block ``i`` from
+    torch's generator seeded with :func:`block_seed` ``(cell_seed(...), i)`` (pilots, warm-ups
+    and ``init`` included), into one preallocated buffer per parameter. The numbers depend on the
+    cell alone: not on ``max_elements`` (which only bounds the memory check), the order the blocks
+    run in (``order``: block indices, default in turn), nor on which worker runs which block.
+    Returns the estimates (detached) and the wall-clock seconds spent (``init`` and warm-up left
+    out where the estimator declares them amortised, as the EMA baseline's are).
     Raises :class:`NonFiniteCostError` naming the problem, estimator and budget on NaN or inf.
     """
     _check_counts(budget, replicates)
     estimator.check(problem, budget)
     check_memory(problem, replicates, estimator, budget, max_elements=max_elements)
     device = next(iter(problem.params.values())).device
-    devices = [device.index or 0] if device.type == "cuda" else []
-    step = chunk_size(problem, budget, replicates, max_elements, batch=estimator.largest_batch(budget))
+    cell = cell_seed(seed, problem.spec, estimator.name, int(budget))
+    parts = blocks(problem, estimator, budget, replicates)
+    if order is not None:
+        if sorted(order) != list(range(len(parts))):
+            raise ValueError(f"order must list the block indices 0..{len(parts) - 1} once each, got {list(order)!r}")
+        parts = [parts[i] for i in order]
     out: dict[str, Tensor] = {}
     where = f"problem {problem.spec!r}, estimator {estimator.name!r}, budget {budget}"
-    start = time.perf_counter()
-    with torch.random.fork_rng(devices=devices), distribution_validation(False):
-        if device.type == "cuda":
-            torch.manual_seed(cell_seed(seed, problem.spec, estimator.name, int(budget)))
-        else:
-            # the CPU generator alone: torch.manual_seed also queues a lazy seeding of every CUDA
-            # device, recording a traceback each time (0.45 ms a cell, half a small cell's time)
-            torch.default_generator.manual_seed(cell_seed(seed, problem.spec, estimator.name, int(budget)))
-        for first in range(0, replicates, step):
-            params = replicate(problem.params, (min(step, replicates - first),))
-            try:
-                prepared = time.perf_counter()
-                state = estimator.prepare(problem, params, budget)
-                if estimator.amortised_prepare:
-                    start += time.perf_counter() - prepared
-                grads = estimator.estimate(problem, params, budget, state)
-            except NonFiniteCostError as err:
-                raise NonFiniteCostError(f"{where}: {err}") from None
-            for name, g in grads.items():
-                # one preallocated buffer per parameter: no per-chunk tensors left between the
-                # chunks' large temporaries, which would fragment the heap (RSS grew with R)
-                if name not in out:
-                    out[name] = torch.empty((replicates, *g.shape[1:]), dtype=g.dtype, device=g.device)
-                out[name][first:first + g.shape[0]] = g.detach()
-            del grads, params, state
-    for name, estimates in out.items():     # once per cell on the whole buffer, not once per chunk
+    seconds = 0.0
+    for index, first, size in parts:
+        try:
+            grads, spent = block_estimates(problem, estimator, budget, size, block_seed(cell, index))
+        except NonFiniteCostError as err:
+            raise NonFiniteCostError(f"{where}: {err}") from None
+        seconds += spent
+        for name, g in grads.items():
+            # one preallocated buffer per parameter: no per-block tensors left between the
+            # blocks' large temporaries, which would fragment the heap (RSS grew with R)
+            if name not in out:
+                out[name] = torch.empty((replicates, *g.shape[1:]), dtype=g.dtype, device=g.device)
+            out[name][first:first + size] = g
+        del grads
+    for name, estimates in out.items():     # once per cell on the whole buffer, not once per block
         if not all_finite(estimates):
             raise NonFiniteCostError(f"{where}: the gradient estimate of {name!r} is NaN or inf")
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    seconds = time.perf_counter() - start
     return out, seconds
 
 
@@ -438,6 +503,7 @@ def measure(
     threads: int | None = 1,
     client=None,
     max_cost_evals: float | None = MAX_COST_EVALS,
+    params=None,
 ) -> pd.DataFrame:
     """Measure every problem x estimator x budget; a tidy DataFrame with :data:`COLUMNS`.
 
@@ -452,6 +518,10 @@ def measure(
 
     Before any cell is computed, every cell is checked against memory and against
     ``max_cost_evals`` (:func:`check_grid`; default :data:`MAX_COST_EVALS`, None: no bound).
+
+    ``params`` (``{name: tensor}``) measures every problem at that parameter point instead of its
+    own (:meth:`~gradnoise.base.Problem.at`: validated there, its own truths and random streams,
+    its spec suffixed ``@`` and a hash of the values); None: each problem's own parameters.
     """
     def one(value, cls, what):
         if isinstance(value, (str, cls)):
@@ -468,6 +538,8 @@ def measure(
         budgets = [budgets]
     elif isinstance(budgets, (str, bytes)) or not isinstance(budgets, Iterable):
         raise TypeError(f"budgets must be an integer or a list of integers, got {budgets!r} ({type(budgets).__name__})")
+    if params is not None:
+        problems = [(make_problem(p) if isinstance(p, str) else p).at(params) for p in one(problems, Problem, "problems")]
     grid = cells(one(problems, Problem, "problems"), one(estimators, GradientEstimator, "estimators"),
                  budgets, device=device, on_invalid=on_invalid)
     check_grid(grid, replicates, max_elements=max_elements, max_cost_evals=max_cost_evals)

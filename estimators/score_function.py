@@ -15,7 +15,7 @@ when it is independent of the sample it multiplies (Williams 1992).
 """
 from __future__ import annotations
 
-from .base import GradientEstimator, Problem, evaluate_cost, grad_of, sample_detached
+from .base import Estimate, GradientEstimator, Problem, evaluate_cost, grad_of, sample_detached
 from .baselines import Baseline, ControlVariate, LeaveOneOut, MovingAverage, OptimalConstant
 from .registry import register_estimator
 
@@ -45,8 +45,11 @@ class ScoreFunction(GradientEstimator):
     def largest_batch(self, n):
         return self.baseline.largest_batch(n) if self.baseline else n
 
-    def prepare(self, problem, params, n):
+    def init(self, problem, params, n):
         return self.baseline.init(problem, params, n) if self.baseline else None
+
+    def warmup_steps(self, n):
+        return self.baseline.warmup_steps if self.baseline else 0
 
     def estimate(self, problem: Problem, params, n, state):
         dist = problem.distribution(params)
@@ -62,7 +65,7 @@ class ScoreFunction(GradientEstimator):
         if cv.per_coordinate:
             score = grad_of(log_q.mean(0), params)
             g = {k: g[k] - cv.per_coordinate[k] * score[k] if k in cv.per_coordinate else g[k] for k in g}
-        return g
+        return Estimate(g, self.baseline.update(state, f.detach())) if self.baseline else g
 
 
 @register_estimator("reinforce")
