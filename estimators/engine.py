@@ -5,24 +5,25 @@ A *cell* is (problem, estimator, budget N). For each cell the engine
 1. checks the problem and that the estimator can run (clear errors: unknown names, N < 1, R < 2,
    a non-finite parameter, a cost of the wrong shape, pathwise without ``rsample`` or on a cost
    without a usable gradient in the sample, IWAE on a plain expectation);
-2. seeds torch's generator with :func:`cell_seed` (seed, problem spec, estimator name, N), inside
-   ``torch.random.fork_rng`` so the caller's stream is untouched, and so that adding an
-   estimator or a budget changes no other cell's numbers;
-3. computes the R estimates in chunks of replicated parameter leaves (see
-   :mod:`gradnoise.base`): one forward and one backward pass per chunk, never a Python loop
-   over replicates. A chunk holds at most ``max_elements`` (default 2**22) sample-sized elements,
-   and each chunk's estimates are written into one preallocated ``(R, *shape)`` buffer per
-   parameter, so the peak memory does not grow with R beyond the estimates themselves (process
-   peak RSS with imports, gaussian-cos, reinforce, N=10^3: 489 MiB at R=10^4, 531 MiB at
-   R=10^6, where keeping and concatenating per-chunk tensors fragmented the heap to 6.7 GB); a
-   cell whose estimates and one chunk's samples (N, or a larger pilot batch) would not fit in the
-   available memory is refused up front (:func:`check_memory`), and so is a cell whose cost
-   evaluations exceed a stated bound (:func:`check_cost_evals`, default :data:`MAX_COST_EVALS`);
+2. computes the R estimates in blocks of a fixed size (:func:`blocks`, a function of the cell
+   alone), block ``i`` from torch's generator seeded with :func:`block_seed` ``(cell_seed(seed,
+   problem spec, estimator name, N), i)`` inside ``torch.random.fork_rng`` (the caller's stream
+   untouched; adding an estimator or a budget changes no other cell's numbers), every draw of the
+   block inside it: the estimator's ``init`` (a pilot), its warm-up steps and the estimate;
+3. within a block, one forward and one backward pass over replicated parameter leaves (see
+   :mod:`gradnoise.base`), never a Python loop over replicates; each block's estimates are
+   written into one preallocated ``(R, *shape)`` buffer per parameter, so the peak memory does
+   not grow with R beyond the estimates themselves (process peak RSS with imports,
+   gaussian-cos, reinforce, N=10^3: 489 MiB at R=10^4, 531 MiB at R=10^6, where keeping and
+   concatenating per-chunk tensors fragmented the heap to 6.7 GB); a cell whose estimates and
+   one block's samples (N, or a larger pilot batch) would not fit in the available memory is
+   refused up front (:func:`check_memory`), and so is a cell whose cost evaluations exceed a
+   stated bound (:func:`check_cost_evals`, default :data:`MAX_COST_EVALS`);
 4. summarises each parameter with :func:`gradnoise.statistics.summarise` against the truth of
    the estimator's objective, into one tidy row per problem x estimator x param x budget.
 
-Same seed, same numbers, bitwise, on the CPU (for the same ``max_elements`` and thread count),
-in this process or on any Dask worker (:mod:`gradnoise.cluster`). Cells run at one torch
+Same seed, same numbers, bitwise, on the CPU (at the same thread count, whatever
+``max_elements``, the order of the blocks or where each runs), in this process or on any Dask worker (:mod:`gradnoise.cluster`). Cells run at one torch
 intra-op thread by default (:func:`torch_threads`, recorded in the column ``threads``): another
 thread count can change the last bits of cells whose kernels torch parallelises by splitting a
 reduction (measured over the default sweep grid, 1 against 2 threads: 6 of 269 rows, all
@@ -165,17 +166,18 @@ def check_memory(
 
     The engine holds the ``R x P`` estimates (P the problem's parameter count; summarising adds
     float64 copies of one parameter at a time: :data:`BYTES_PER_ESTIMATE` each) and one chunk's
-    sample-sized work: ``chunk x B x (E + P)`` elements of :data:`BYTES_PER_SAMPLE_ELEMENT`, B the
-    estimator's :meth:`~gradnoise.base.GradientEstimator.largest_batch` (N, or a larger pilot) and
-    E the event size. The chunk is bounded by ``max_elements`` whatever R, except that it holds at
-    least one replicate: with N (or the pilot) huge, one replicate's samples alone may not fit.
+    sample-sized work: one block (:func:`block_size`) of ``block x B x (E + P)`` elements of
+    :data:`BYTES_PER_SAMPLE_ELEMENT`, B the estimator's
+    :meth:`~gradnoise.base.GradientEstimator.largest_batch` (N, or a larger pilot) and E the event
+    size. A block holds at least one replicate: with N (or the pilot) huge, one replicate's
+    samples alone may not fit. ``max_elements`` is kept for callers; blocks, not it, set the size.
     Without an estimator only the estimates are counted.
     """
     estimates = replicates * problem.param_numel() * BYTES_PER_ESTIMATE
     samples, chunk, batch = 0, 0, 0
     if estimator is not None:
         batch = estimator.largest_batch(budget)
-        chunk = chunk_size(problem, budget, replicates, max_elements, batch=batch)
+        chunk = min(replicates, block_size(problem, estimator, budget))   # one block at a time
         samples = chunk * batch * (problem.event_numel() + problem.param_numel()) * BYTES_PER_SAMPLE_ELEMENT
     need = estimates + samples
     if need < SMALL_CELL_BYTES:      # not worth reading /proc/meminfo (15 us, a small cell's 5%)
@@ -243,14 +245,6 @@ def check_grid(
     for problem, estimator, n in grid:
         check_memory(problem, replicates, estimator, n, max_elements=max_elements)
         check_cost_evals(problem, estimator, n, replicates, max_cost_evals)
-
-
-def chunk_size(problem: Problem, budget: int, replicates: int, max_elements: int = MAX_ELEMENTS,
-               *, batch: int | None = None) -> int:
-    """Replicates per chunk so that ``batch * chunk * (event + param numel) <= max_elements``, at
-    least one; ``batch`` (default ``budget``) is the most samples per replicate held at once."""
-    per_replicate = (budget if batch is None else batch) * (problem.event_numel() + problem.param_numel())
-    return max(1, min(replicates, max_elements // per_replicate))
 
 
 #: sample-sized elements of one block of replicates (``block x B x (E + P)``, B the largest batch):

@@ -41,16 +41,16 @@ def test_adding_cells_does_not_change_other_cells():
         assert (merged[col] == merged[col + "_big"]).all(), col
 
 
-def test_chunking_bounds_memory_and_stays_reproducible():
-    """R=10^4, N=10^3 on a scalar problem is split into chunks of at most 2**22 elements."""
-    from gradnoise.engine import MAX_ELEMENTS, chunk_size
+def test_blocks_bound_memory_and_stay_reproducible():
+    """R=10^4, N=10^3 on a scalar problem is split into blocks of at most 2**22 elements."""
+    from gradnoise.engine import BLOCK_ELEMENTS, block_size
 
     prob = gn.make_problem("gaussian-quadratic")
-    step = chunk_size(prob, 1000, 10_000)
-    assert step < 10_000 and 1000 * step * (1 + 2) <= MAX_ELEMENTS
     est = gn.get_estimator("reparam")
-    a, _ = replicate_estimates(prob, est, 10, 64, 0, max_elements=10 * 3 * 8)   # 8 per chunk
-    b, _ = replicate_estimates(prob, est, 10, 64, 0, max_elements=10 * 3 * 8)
+    step = block_size(prob, est, 1000)
+    assert step < 10_000 and 1000 * step * (1 + 2) <= BLOCK_ELEMENTS
+    a, _ = replicate_estimates(prob, est, 10, 64, 0, max_elements=10 * 3 * 8)
+    b, _ = replicate_estimates(prob, est, 10, 64, 0)
     assert a["loc"].shape == (64,) and torch.equal(a["loc"], b["loc"])
 
 
