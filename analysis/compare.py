@@ -126,6 +126,34 @@ def _git_commit(name: str, repo: str) -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
+#: the random streams of commits before ``gradnoise.engine.RANDOM_STREAMS`` existed
+OLD_STREAMS = "cell-1 (one stream a cell, chunks by memory)"
+
+
+def random_streams(commit: str, repo: str = ".") -> str | None:
+    """``gradnoise.engine.RANDOM_STREAMS`` at ``commit`` (read from git, as the commit has it):
+    which random numbers its cells draw; :data:`OLD_STREAMS` before it existed; None where git
+    cannot show the commit's engine (not a commit of this repository)."""
+    try:
+        out = subprocess.run(["git", "show", f"{commit}:estimators/engine.py"], cwd=repo, capture_output=True,
+                             text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    found = re.search(r'^RANDOM_STREAMS = "([^"]+)"', out.stdout, re.M)
+    return found.group(1) if found else OLD_STREAMS
+
+
+def streams_note(before: str | None, after: str | None) -> str:
+    """One sentence when the two sides draw other random numbers, else ``""``."""
+    if before is None or after is None or before == after:
+        return ""
+    return (f"The random streams changed between the sides ({before} -> {after}): every quality track drew "
+            f"other random numbers, so their values moved by chance alone; a verdict on them tests the "
+            f"estimators, as before, but no value is bitwise comparable.")
+
+
 def thresholds_from_config(config: str | None) -> dict[str, float]:
     """``regressions_thresholds`` of an asv config (default ``./asv.conf.json``), else the defaults."""
     path = config or "asv.conf.json"
@@ -467,13 +495,18 @@ def compare_results(before: pd.DataFrame, after: pd.DataFrame, *, alpha: float =
 def compare(before: str, after: str, *, results_dir: str | None = None, machine: str | None = None,
             alpha: float = ALPHA, factor: float | None = None, level: float = LEVEL, repo: str = ".",
             thresholds: dict[str, float] | None = None) -> pd.DataFrame:
-    """Load both sides (:func:`load_side`) and compare them (:func:`compare_results`)."""
-    b = tidy_results(load_side(before, results_dir=results_dir, machine=machine, repo=repo))
-    a = tidy_results(load_side(after, results_dir=results_dir, machine=machine, repo=repo))
+    """Load both sides (:func:`load_side`) and compare them (:func:`compare_results`); where the
+    sides' commits draw other random streams (:func:`random_streams`), ``df.attrs["streams_note"]``
+    says so."""
+    sides = [load_side(spec, results_dir=results_dir, machine=machine, repo=repo) for spec in (before, after)]
+    b, a = (tidy_results(side) for side in sides)
     common = b.merge(a, on=["benchmark", "cell", "env"])
     if common.empty:
         raise ValueError(f"{before} and {after} have no benchmark (and environment) in common")
-    return compare_results(b, a, alpha=alpha, factor=factor, level=level, thresholds=thresholds)
+    df = compare_results(b, a, alpha=alpha, factor=factor, level=level, thresholds=thresholds)
+    streams = [random_streams(side.results[0].commit_hash, repo) if side.results else None for side in sides]
+    df.attrs["streams_note"] = streams_note(*streams)
+    return df
 
 
 def verdict_counts(df: pd.DataFrame) -> dict[str, int]:
@@ -532,6 +565,8 @@ def comparison_markdown(df: pd.DataFrame, before: str, after: str, *, alpha: flo
              f"Verdicts at Benjamini-Hochberg FDR {alpha:g} over {int(df['p_value'].notna().sum())} tests, and a "
              f"ratio (after / before; lower is better) beyond the family's factor: {factor_summary(df)}. "
              f"Intervals {level:.0%}."]
+    if df.attrs.get("streams_note"):
+        lines += ["", df.attrs["streams_note"]]
     bridged = int(df["reason"].str.startswith(BRIDGED).sum())
     if bridged:
         lines += ["", f"{bridged} cells were compared across a change of their benchmark's parameters (asv's "
@@ -718,6 +753,8 @@ def run_compare(args: argparse.Namespace) -> int:
     counts = verdict_counts(df)
     print(", ".join(f"{counts[v]} {v}" for v in VERDICTS)
           + f" (Benjamini-Hochberg FDR {args.alpha:g}; factors: {factor_summary(df)})")
+    if df.attrs.get("streams_note"):
+        print(f"  {df.attrs['streams_note']}")
     for verdict in ("regressed", "improved"):
         for r in changed_rows(df, verdict).itertuples():
             print(f"  {r.verdict:9s} {r.benchmark}({r.cell}) ratio {_with_interval(r.ratio, r.ratio_ci_low, r.ratio_ci_high)}"

@@ -55,8 +55,8 @@ from asv import step_detect
 
 from gradnoise.io import atomic_write_csv, atomic_write_markdown, fmt
 
-from .compare import (asv_machines, benchmark_family, cell_label, load_results_file, results_dir_from_config,
-                      short_name, threshold_for, thresholds_from_config)
+from .compare import (asv_machines, benchmark_family, cell_label, load_results_file, random_streams,
+                      results_dir_from_config, short_name, threshold_for, thresholds_from_config)
 from .sweep import check_output_dir
 
 HISTORY_COLUMNS = ["commit", "date", "subject", "env", "benchmark", "cell", "status", "value", "ci_low", "ci_high",
@@ -172,7 +172,23 @@ def load_history(range_spec: str | None = None, *, results_dir: str | None = Non
     df.insert(2, "subject", df["commit"].map(lambda c: meta[c][1]))
     df = df[HISTORY_COLUMNS]
     df.attrs["unreadable"] = {c: why for c, why in unreadable.items() if c in set(commits)}
+    df.attrs["streams_changes"] = streams_changes(commits, repo)
     return df
+
+
+def streams_changes(commits: list[str], repo: str) -> list[tuple[str, str, str]]:
+    """``(commit, before, after)`` for each commit whose cells draw other random numbers than the
+    commit before it (:func:`~gradnoise.analysis.compare.random_streams`); commits git cannot show
+    are passed over."""
+    changes, previous = [], None
+    for commit in commits:
+        now = random_streams(commit, repo)
+        if now is None:
+            continue
+        if previous is not None and now != previous:
+            changes.append((commit, previous, now))
+        previous = now
+    return changes
 
 
 def commit_metadata(commits: list[str], by_commit: dict[str, list], repo: str) -> dict[str, tuple[str, str]]:
@@ -346,6 +362,10 @@ def history_markdown(history: pd.DataFrame, steps: pd.DataFrame, figures: dict[s
     if single:
         lines += ["", single[0].upper() + single[1:] + ": one cold sample is not the median of a full run, "
                   "so a commit measured quickly would take the blame for its neighbours' level."]
+    for commit, before, after in history.attrs.get("streams_changes", []):
+        lines += ["", f"**Random streams changed at `{commit[:8]}` {subjects.get(commit, '')}** ({before} -> {after}): "
+                  "from there every quality track draws other random numbers, so its value moves by chance alone; "
+                  "a step there in a quality track is the streams' unless it persists beyond its noise."]
     if len(steps):
         lines += ["", "## Steps", "", "| benchmark | cell | commit | before | after | ratio |", "|---|---|---|---|---|---|"]
         for r in steps.itertuples():
@@ -411,6 +431,8 @@ def run_history(args: argparse.Namespace) -> int:
     single = single_sample_summary(history, args.include_quick)
     if single:
         print(f"  {single}")
+    for commit, before, after in history.attrs.get("streams_changes", []):
+        print(f"  random streams changed at {commit[:8]} ({before} -> {after}): quality tracks draw other numbers from there")
     unreadable = history.attrs.get("unreadable", {})
     if unreadable:
         print(f"  commits with unreadable results: {len(unreadable)}")

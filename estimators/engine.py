@@ -247,6 +247,11 @@ def check_grid(
         check_cost_evals(problem, estimator, n, replicates, max_cost_evals)
 
 
+#: which random numbers a cell draws: bumped whenever a change makes every cell draw others (the
+#: one change of numbers the block streams made); ``gradnoise compare`` and ``gradnoise history``
+#: read it at each commit and name the commit where it changed
+RANDOM_STREAMS = "blocks-1"
+
 #: sample-sized elements of one block of replicates (``block x B x (E + P)``, B the largest batch):
 #: a constant, so that a cell's blocks, and so its numbers, never depend on the memory available
 BLOCK_ELEMENTS = 2**22

@@ -167,7 +167,7 @@ def test_fitted_coefficient_is_the_centred_ratio(name):
     est = gn.get_estimator(f"{name}:pilot=7")
     params = gn.replicate(prob.params, (3,))
     torch.manual_seed(SEED)
-    taylor, beta = est.prepare(prob, params, 5)
+    taylor, beta = est.init(prob, params, 5)
     torch.manual_seed(SEED)                     # replay the pilot: the same draws, read back
     per_sample = gn.replicate(params, (7,))
     g_f, g_h = est._same_noise([prob, taylor], per_sample, 1)

@@ -169,3 +169,30 @@ def test_a_user_problem_at_a_point_keys_its_oracle_by_the_values(tmp_path, monke
     a = problem.at({"loc": 0.5, "scale": 1.0}).true_gradient()
     b = problem.at({"loc": 0.5, "scale": 1.5}).true_gradient()
     assert a.kind == "oracle" and not torch.equal(a.values["scale"], b.values["scale"])
+
+
+def test_compare_and_history_name_the_change_of_random_streams(tmp_path):
+    """The one change of numbers is named: ``random_streams`` reads ``RANDOM_STREAMS`` from each
+    commit's engine (none before the blocks), and history marks the commit where it changed."""
+    import subprocess
+
+    from gradnoise.analysis.compare import OLD_STREAMS, random_streams, streams_note
+    from gradnoise.analysis.history import streams_changes
+
+    def git(*args):
+        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid", *args],
+                              cwd=tmp_path, capture_output=True, text=True, check=True).stdout.strip()
+
+    git("init", "-q")
+    (tmp_path / "estimators").mkdir()
+    commits = []
+    for text in ("MAX_ELEMENTS = 2**22\n", "RANDOM_STREAMS = \"blocks-1\"\n", "RANDOM_STREAMS = \"blocks-1\"\nX = 1\n"):
+        (tmp_path / "estimators" / "engine.py").write_text(text)
+        git("add", "-A")
+        git("commit", "-qm", "c")
+        commits.append(git("rev-parse", "HEAD"))
+    assert [random_streams(c, str(tmp_path)) for c in commits] == [OLD_STREAMS, "blocks-1", "blocks-1"]
+    assert random_streams("0" * 40, str(tmp_path)) is None
+    assert streams_changes(commits, str(tmp_path)) == [(commits[1], OLD_STREAMS, "blocks-1")]
+    assert "random streams changed" in streams_note(OLD_STREAMS, "blocks-1").lower()
+    assert streams_note("blocks-1", "blocks-1") == ""
