@@ -65,6 +65,8 @@ def undo_malloc_trim() -> bool:
     gaussian-quadratic-nd and linear-gaussian-vae cells took 6.45 s instead of 0.90 s in one
     process (7x, mostly system time). With the thresholds raised to 32 MiB (mmap) and 64 MiB
     (trim) it took 0.84 s. Processes without the variable (any run without Dask) are left alone.
+    A process-wide setting, so it is made only by a cell task on a worker (:func:`cell_context`),
+    never at import nor in the client's process (``tests/test_benchmarks.py`` checks the import).
     """
     if not os.environ.get("MALLOC_TRIM_THRESHOLD_") or not sys.platform.startswith("linux"):
         return False
