@@ -89,12 +89,20 @@ def cell_context(threads: int | None = 1):
         yield
 
 
+def run_in_cell(threads: int | None, function, *args, **kwargs):
+    """``function(*args, **kwargs)`` as a cell task: under :func:`cell_context` (the process's cell lock,
+    ``threads`` intra-op threads, malloc restored). Every task that computes a cell on a worker is
+    one: :func:`run_cell` (sweeps, ``measure``) and a study's cells
+    (:func:`gradnoise.analysis.studies.base.study_cells`)."""
+    with cell_context(threads):
+        return function(*args, **kwargs)
+
+
 def run_cell(problem: Problem, estimator: GradientEstimator, budget: int, replicates: int, seed: int,
              threads: int | None = 1, max_elements: int = MAX_ELEMENTS) -> list[dict]:
     """One cell's rows (:func:`~gradnoise.engine.measure_cell`), computed in this process at
-    ``threads`` intra-op threads; the task a Dask worker runs."""
-    with cell_context(threads):
-        return measure_cell(problem, estimator, budget, replicates, seed, max_elements=max_elements)
+    ``threads`` intra-op threads (:func:`run_in_cell`); the task a Dask worker runs."""
+    return run_in_cell(threads, measure_cell, problem, estimator, budget, replicates, seed, max_elements=max_elements)
 
 
 def serialise(obj, what: str) -> bytes:
