@@ -66,9 +66,16 @@ def bias_excess(abs_z: float) -> float:
     """
     return max(0.0, abs_z - BIAS_Z_THRESHOLD)
 
-# One intra-op thread: the benchmarks measure the estimators, not torch's thread pool, whose
-# spinning threads make timings on a small shared machine (ours have 2 cores) noisy and slow.
-torch.set_num_threads(1)
+
+def one_thread() -> None:
+    """Set one torch intra-op thread for this benchmark process; the first line of every
+    benchmark's ``setup`` (and of ``setup_cache``), so that asv times and measures at one thread.
+
+    The benchmarks measure the estimators, not torch's thread pool, whose spinning threads make
+    timings on a small shared machine (ours have 2 cores) noisy and slow. Set here, not when the
+    suite is imported: importing a module changes no process-wide setting (``tests/test_benchmarks.py``).
+    """
+    torch.set_num_threads(1)
 
 
 @functools.lru_cache(maxsize=None)
@@ -77,11 +84,18 @@ def problem(spec: str) -> gradnoise.Problem:
 
     :data:`CELLS` builds (and validates) every problem of the grid at import, so the benchmark
     processes asv forks from its forkserver inherit them; their truths are computed where first
-    asked for (``setup``, ``setup_cache``), never at import.
+    asked for (``setup``, ``setup_cache``), never at import. Built at one torch thread, as the
+    benchmarks run (a reduction in a problem's data could round otherwise), with the process's
+    thread count restored afterwards.
     """
     if spec.partition(":")[0] not in gradnoise.problem_names():
         raise NotImplementedError(f"problem {spec!r} is not registered in this commit")
-    return gradnoise.make_problem(spec)
+    before = torch.get_num_threads()      # not gradnoise.engine.torch_threads: older commits lack it
+    torch.set_num_threads(1)
+    try:
+        return gradnoise.make_problem(spec)
+    finally:
+        torch.set_num_threads(before)
 
 
 def cell(spec: str, name: str, n: int) -> tuple[gradnoise.Problem, gradnoise.GradientEstimator]:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import gradnoise
-from .common import ESTIMATORS, cell, label_of, listed
+from .common import ESTIMATORS, cell, label_of, listed, one_thread
 
 #: ``{problem: (R, N)}``: replicates and budget of the measurement on each problem.
 SIZES = {"gaussian-cos": (10_000, 1_000), "linear-gaussian-vae": (1_000, 100)}
@@ -25,6 +25,7 @@ class PeakmemVarianceMeasurement:
     param_names = ["cell"]
 
     def setup(self, label):
+        one_thread()
         spec, name = CELLS[label]
         self.replicates, self.n = SIZES[spec]
         self.problem, self.estimator = cell(spec, name, self.n)

@@ -16,7 +16,7 @@ parameter, ``cell``, lists the cells that can run (:data:`benchmarks.common.CELL
 from __future__ import annotations
 
 import gradnoise
-from .common import BATCHES, CELLS, REPLICATES, TRACKS, Track, cell, summary
+from .common import BATCHES, CELLS, REPLICATES, TRACKS, Track, cell, one_thread, summary
 
 def batch_statistics(spec: str, name: str, n: int) -> dict:
     """``{statistic: [one value per batch]}`` for a cell of :data:`CELLS`, or ``{"error": what}``."""
@@ -34,11 +34,13 @@ class _Quality:
     param_names = ["cell"]
 
     def setup_cache(self):
+        one_thread()
         return {label: batch_statistics(*key) for label, key in CELLS.items()}
 
     setup_cache.timeout = 1200
 
     def setup(self, cache, label):
+        one_thread()
         self.cell = cache[label]
         if "error" in self.cell:
             raise RuntimeError(f"{label}: {self.cell['error']}")

@@ -4,7 +4,7 @@ One asv parameter, ``cell``: the labels ``"problem, estimator, N"`` of the cells
 (:data:`benchmarks.common.CELLS`).
 
 Timed in CPU seconds of the benchmark process (``timer = time.process_time``), not wall-clock
-seconds: with one torch thread (``benchmarks/common.py``) that is the estimator's own work, and
+seconds: with one torch thread (set in ``setup``: ``benchmarks.common.one_thread``) that is the estimator's own work, and
 other processes on a shared machine, which stretch wall-clock time by up to 3x between two runs
 of the same code, do not count. Time spent waiting (none here: no I/O, no sleeping) would not
 count either.
@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 
 import gradnoise
-from .common import CELLS, cell, seed_torch
+from .common import CELLS, cell, one_thread, seed_torch
 
 
 class TimeOneEstimate:
@@ -29,6 +29,7 @@ class TimeOneEstimate:
     timer = time.process_time
 
     def setup(self, label):
+        one_thread()
         spec, name, self.n = CELLS[label]
         self.problem, self.estimator = cell(spec, name, self.n)
         self.leaves = gradnoise.replicate(self.problem.params, (1,))
@@ -51,6 +52,7 @@ class TimeVarianceMeasurement:
     timer = time.process_time
 
     def setup(self, label):
+        one_thread()
         spec, name, self.n = CELLS[label]
         self.problem, self.estimator = cell(spec, name, self.n)
         self.problem.true_gradient(self.estimator.objective(self.n))

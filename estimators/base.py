@@ -40,9 +40,11 @@ from __future__ import annotations
 
 import abc
 import copy
+import functools
 import hashlib
 import math
 import numbers
+import types
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
@@ -350,16 +352,86 @@ class Problem(abc.ABC):
         return sum(p.numel() for p in self.params.values())
 
     def to(self, device: str | torch.device) -> "Problem":
-        """Move the parameters (and any data tensors) to ``device``, in place; returns self."""
-        for attr, value in list(vars(self).items()):
-            if isinstance(value, Tensor):
-                setattr(self, attr, value.to(device))
-            elif isinstance(value, dict) and value and all(isinstance(v, Tensor) for v in value.values()):
-                setattr(self, attr, {k: v.to(device) for k, v in value.items()})
+        """Move every tensor the problem uses to ``device``, in place; returns self.
+
+        Tensors are found in its attributes and, through them, in dicts, lists and tuples, in
+        problems it wraps, and in the functions it holds: their closures and default arguments (a
+        user's cost ``lambda x: (x - t) ** 2`` capturing a tensor ``t``), ``functools.partial``
+        arguments, bound methods' objects, and functions those capture in turn. A tensor left
+        behind would make the first mixed-device operation fail on a GPU. Closures and defaults
+        are changed in place (a function shared with another problem moves for it too); a
+        tensor already on ``device`` is kept, so moving to the CPU, as :func:`gradnoise.engine.cells`
+        does by default, replaces nothing. Not reached: module globals a function reads, and
+        ``fingerprint_factory`` (the factory that built the problem is not its to change).
+        """
+        _move_problem(self, torch.device(device), {})
         return self
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.spec}>"
+
+
+def _move_problem(problem: Problem, device: torch.device, memo: dict) -> None:
+    """:meth:`Problem.to`'s work: each attribute (and what it holds) moved by :func:`_moved`."""
+    memo[id(problem)] = (problem, problem)     # a function capturing the problem stops here
+    for attr, value in list(vars(problem).items()):
+        if attr != "fingerprint_factory":
+            moved = _moved(value, device, memo)
+            if moved is not value:
+                setattr(problem, attr, moved)
+
+
+def _moved(value: Any, device: torch.device, memo: dict) -> Any:
+    """``value`` with every tensor in it on ``device``: a tensor moved, a dict, list or tuple
+    rebuilt when something in it moved (else itself), a function, partial, bound method or
+    problem changed in place; anything else is returned as is. ``memo`` maps ``id`` of each
+    object seen to ``(object, result)`` (holding the object keeps its id unique): a tensor shared
+    by two holders becomes one moved tensor, and a cycle (a closure capturing its problem) ends."""
+    if id(value) in memo:
+        return memo[id(value)][1]
+    if isinstance(value, Tensor):
+        moved = value.to(device)
+    elif isinstance(value, Problem):
+        _move_problem(value, device, memo)
+        return value
+    elif type(value) in (list, tuple):
+        items = [_moved(v, device, memo) for v in value]
+        moved = value if all(a is b for a, b in zip(items, value)) else type(value)(items)
+    elif type(value) is dict:
+        items = {k: _moved(v, device, memo) for k, v in value.items()}
+        moved = value if all(items[k] is v for k, v in value.items()) else items
+    elif isinstance(value, types.FunctionType):
+        memo[id(value)] = (value, value)
+        for cell in value.__closure__ or ():
+            try:
+                contents = cell.cell_contents
+            except ValueError:          # a cell not yet filled (a name assigned later)
+                continue
+            new = _moved(contents, device, memo)
+            if new is not contents:
+                cell.cell_contents = new
+        for attr in ("__defaults__", "__kwdefaults__"):
+            old = getattr(value, attr)
+            new = _moved(old, device, memo)
+            if new is not old:
+                setattr(value, attr, new)
+        return value
+    elif isinstance(value, functools.partial):
+        memo[id(value)] = (value, value)
+        parts = (value.func, value.args, value.keywords)
+        new = tuple(_moved(part, device, memo) for part in parts)
+        if any(a is not b for a, b in zip(new, parts)):
+            value.__setstate__((*new, value.__dict__ or None))
+        return value
+    elif isinstance(value, types.MethodType):
+        memo[id(value)] = (value, value)
+        _moved(value.__func__, device, memo)
+        _moved(value.__self__, device, memo)
+        return value
+    else:
+        return value
+    memo[id(value)] = (value, moved)
+    return moved
 
 
 class GradientEstimator(abc.ABC):

@@ -65,6 +65,8 @@ def undo_malloc_trim() -> bool:
     gaussian-quadratic-nd and linear-gaussian-vae cells took 6.45 s instead of 0.90 s in one
     process (7x, mostly system time). With the thresholds raised to 32 MiB (mmap) and 64 MiB
     (trim) it took 0.84 s. Processes without the variable (any run without Dask) are left alone.
+    A process-wide setting, so it is made only by a cell task on a worker (:func:`cell_context`),
+    never at import nor in the client's process (``tests/test_benchmarks.py`` checks the import).
     """
     if not os.environ.get("MALLOC_TRIM_THRESHOLD_") or not sys.platform.startswith("linux"):
         return False
@@ -87,12 +89,20 @@ def cell_context(threads: int | None = 1):
         yield
 
 
+def run_in_cell(threads: int | None, function, *args, **kwargs):
+    """``function(*args, **kwargs)`` as a cell task: under :func:`cell_context` (the process's cell lock,
+    ``threads`` intra-op threads, malloc restored). Every task that computes a cell on a worker is
+    one: :func:`run_cell` (sweeps, ``measure``) and a study's cells
+    (:func:`gradnoise.analysis.studies.base.study_cells`)."""
+    with cell_context(threads):
+        return function(*args, **kwargs)
+
+
 def run_cell(problem: Problem, estimator: GradientEstimator, budget: int, replicates: int, seed: int,
              threads: int | None = 1, max_elements: int = MAX_ELEMENTS) -> list[dict]:
     """One cell's rows (:func:`~gradnoise.engine.measure_cell`), computed in this process at
-    ``threads`` intra-op threads; the task a Dask worker runs."""
-    with cell_context(threads):
-        return measure_cell(problem, estimator, budget, replicates, seed, max_elements=max_elements)
+    ``threads`` intra-op threads (:func:`run_in_cell`); the task a Dask worker runs."""
+    return run_in_cell(threads, measure_cell, problem, estimator, budget, replicates, seed, max_elements=max_elements)
 
 
 def serialise(obj, what: str) -> bytes:

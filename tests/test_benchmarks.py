@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from asv import util as asv_util
 
 from asv_repository import CELL, MACHINE, ROOT, run
@@ -126,6 +127,62 @@ def test_a_cell_that_fails_to_build_is_listed_and_fails_its_benchmarks(monkeypat
     assert stats == {"error": "RuntimeError: cannot build"}
     with pytest.raises(RuntimeError, match="gaussian-cos, reinforce, 10: RuntimeError: cannot build"):
         quality.TrackVariance().setup({"gaussian-cos, reinforce, 10": stats}, "gaussian-cos, reinforce, 10")
+
+
+def test_importing_the_suite_and_the_cluster_module_changes_no_process_wide_setting():
+    """Process-wide settings belong to the code that needs them, not to an import: importing the
+    benchmarks and ``gradnoise.cluster`` (with Dask's ``MALLOC_TRIM_THRESHOLD_`` set, so that
+    :func:`~gradnoise.cluster.undo_malloc_trim` would act if called) leaves torch's thread count as
+    it was and calls no ``mallopt`` (neither ``undo_malloc_trim`` nor a load of the C library)."""
+    import os
+    import subprocess
+    import sys
+
+    code = """if True:
+        import ctypes, os, torch
+        torch.set_num_threads(3)
+        loads = []
+        class Recording(ctypes.CDLL):
+            def __init__(self, name, *args, **kwargs):
+                loads.append(os.path.basename(str(name)))
+                super().__init__(name, *args, **kwargs)
+        ctypes.CDLL = Recording
+        import gradnoise.cluster, gradnoise.analysis.studies
+        import benchmarks.common, benchmarks.timing, benchmarks.memory, benchmarks.quality
+        print(torch.get_num_threads(), gradnoise.cluster.undo_malloc_trim.cache_info().misses,
+              [name for name in loads if name.startswith("libc.")])
+    """
+    env = {**os.environ, "MALLOC_TRIM_THRESHOLD_": "65536"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[-2] == "3 0 []"
+
+
+@pytest.mark.parametrize("module, cls", [("timing", "TimeOneEstimate"), ("timing", "TimeVarianceMeasurement"),
+                                         ("memory", "PeakmemVarianceMeasurement"), ("quality", "TrackVariance")])
+def test_every_benchmark_runs_at_one_torch_thread(module, cls, monkeypatch):
+    """Each benchmark's ``setup`` (and the quality classes' ``setup_cache``) sets one intra-op
+    thread, so asv measures the estimators, not torch's thread pool, whatever the process had."""
+    import importlib
+
+    bench = importlib.import_module(f"benchmarks.{module}")
+    label = next(label for label in bench.CELLS if label.startswith("gaussian-cos, reinforce"))
+    instance = getattr(bench, cls)()
+    before = torch.get_num_threads()
+    try:
+        if module == "quality":
+            monkeypatch.setattr(bench, "CELLS", {label: bench.CELLS[label]})
+            torch.set_num_threads(2)
+            cache = instance.setup_cache()
+            assert torch.get_num_threads() == 1
+            torch.set_num_threads(2)
+            instance.setup(cache, label)
+        else:
+            torch.set_num_threads(2)
+            instance.setup(label)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
 
 
 # ------------------------------------------------------------------------------------------

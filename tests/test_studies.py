@@ -177,6 +177,34 @@ def test_group_rows_match_the_engine_and_statistics():
     assert group["variance"] == pytest.approx(rows[1]["variance"] + rows[2]["variance"], rel=1e-12)
 
 
+def test_a_studys_grid_is_checked_as_a_sweeps_grid():
+    """:func:`study_base.grid` keeps exactly the cells :func:`gradnoise.engine.cells` keeps (only a
+    declared not-applicable cell is left out), in the same order, with its own budgets per estimator."""
+    toy, quad = gn.make_problem("bernoulli-toy"), gn.make_problem("gaussian-quadratic")
+    names = ["reinforce-loo", "reparam", "reinforce"]
+    cells = study_base.grid([toy, quad], names, lambda e: [1, 4] if e.name == "reinforce-loo" else [3], 50)
+    assert [(p.name, e.name, n, r, g) for p, e, n, r, g in cells] == [
+        ("bernoulli-toy", "reinforce-loo", 4, 50, {}),       # N=1 is below its min_budget
+        ("bernoulli-toy", "reinforce", 3, 50, {}),           # reparam: bernoulli-toy has no rsample
+        ("gaussian-quadratic", "reinforce-loo", 4, 50, {}),
+        ("gaussian-quadratic", "reparam", 3, 50, {}), ("gaussian-quadratic", "reinforce", 3, 50, {})]
+    sweep = gn.engine.cells([toy, quad], names, [4], on_invalid="skip")
+    assert [(p, e.name, n) for p, e, n, *_ in study_base.grid([toy, quad], names, [4], 50)] == \
+        [(p, e.name, n) for p, e, n in sweep]
+    with pytest.raises(ValueError, match="budget"):
+        study_base.grid([toy], ["reinforce"], [2.5], 50)
+
+
+def test_a_studys_grid_refuses_an_invalid_problem_up_front():
+    """A problem that cannot give finite numbers is an error before any cell, not a skipped cell."""
+    from torch.distributions import Normal
+
+    broken = gn.ModelProblem(lambda p: Normal(p["loc"], 1.0), lambda z, p: -z**2, {"loc": float("nan")},
+                             name="broken")
+    with pytest.raises(ValueError, match="parameter 'loc' is not finite"):
+        study_base.grid([broken], ["reinforce"], [2], 50)
+
+
 def test_ratio_interval_covers_at_the_nominal_level():
     """Two independent normal samples; the delta-method ratio interval from the engine's variance
     intervals should cover the true variance ratio about 95% of the time."""

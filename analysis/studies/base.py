@@ -157,16 +157,19 @@ def cell_rows(
 
 def grid(problems, estimators, budgets, replicates: int) -> list[tuple]:
     """The cells ``(problem, estimator, budget, replicates, problem.groups)`` of every problem x
-    estimator x budget the estimator can run (budget at least its ``min_budget``), in that order;
-    ``budgets`` is a list, or a function of the estimator giving its list. For :func:`study_cells`.
+    estimator x budget, in that order, that :func:`gradnoise.engine.cells` keeps with
+    ``on_invalid="skip"``: the same checks as a sweep's grid, up front (only the declared
+    :class:`~gradnoise.EstimatorNotApplicable`, N below the estimator's ``min_budget`` included,
+    leaves a cell out; an invalid problem or budget raises). ``budgets`` is a list, or a function
+    of the estimator giving its list. For :func:`study_cells`.
     """
     cells = []
     for problem in problems:
         for name in estimators:
             estimator = gn.get_estimator(name)
-            for n in (budgets(estimator) if callable(budgets) else budgets):
-                if n >= estimator.min_budget:
-                    cells.append((problem, estimator, n, replicates, problem.groups))
+            ns = budgets(estimator) if callable(budgets) else budgets
+            cells += [(p, e, n, replicates, p.groups)
+                      for p, e, n in gn.engine.cells([problem], [estimator], ns, on_invalid="skip")]
     return cells
 
 
@@ -176,31 +179,26 @@ def measure(config: "Config", cells, out_dir: Path) -> pd.DataFrame:
     return write_results([row for rows, _ in study_cells(config, cells) for row in rows], out_dir)
 
 
-def _study_cell(problem, estimator, budget, replicates, seed, groups, reduce, threads):
-    """:func:`cell_rows` of one cell and ``reduce(estimates, groups)`` (None without ``reduce``),
-    as a Dask task: the raw estimates stay where they were computed."""
-    from gradnoise.cluster import cell_context
-
-    with cell_context(threads):
-        rows, estimates, _ = cell_rows(problem, estimator, budget, replicates, seed, groups)
-        return rows, (reduce(estimates, groups) if reduce is not None else None)
+def reduced_cell(problem, estimator, budget, replicates, seed, groups, reduce):
+    """:func:`cell_rows` of one cell and ``reduce(estimates, groups)`` (None without ``reduce``): a
+    study's unit of work, in this process or as a Dask cell task (the raw estimates stay where
+    they were computed; only the rows and the reduction travel)."""
+    rows, estimates, _ = cell_rows(problem, estimator, budget, replicates, seed, groups)
+    return rows, (reduce(estimates, groups) if reduce is not None else None)
 
 
 def study_cells(config: Config, cells, reduce: Callable | None = None) -> list[tuple[list[dict], object]]:
     """``(rows, reduce(estimates, groups))`` of each ``(problem, estimator, budget, replicates, groups)`` in
-    ``cells``, in order: in this process, or on ``config.client``'s Dask workers (the same
-    numbers; ``reduce`` must be a module-level function, it runs where the cell ran)."""
+    ``cells``, in order (:func:`reduced_cell`): in this process, or on ``config.client``'s Dask
+    workers as cell tasks (:func:`gradnoise.cluster.run_in_cell`, the task that runs a sweep's
+    cells too), with the same numbers; ``reduce`` must be a module-level function, it runs where
+    the cell ran."""
     if config.client is None:
-        out = []
-        for problem, estimator, budget, replicates, groups in cells:
-            rows, estimates, _ = cell_rows(problem, estimator, budget, replicates, config.seed, groups)
-            out.append((rows, reduce(estimates, groups) if reduce is not None else None))
-            del estimates
-        return out
-    from gradnoise.cluster import map_calls
+        return [reduced_cell(p, e, n, r, config.seed, g, reduce) for p, e, n, r, g in cells]
+    from gradnoise.cluster import map_calls, run_in_cell
 
-    calls = [(p, e, n, r, config.seed, g, reduce, config.threads) for p, e, n, r, g in cells]
-    done = dict(map_calls(config.client, _study_cell, calls))
+    calls = [(config.threads, reduced_cell, p, e, n, r, config.seed, g, reduce) for p, e, n, r, g in cells]
+    done = dict(map_calls(config.client, run_in_cell, calls))
     return [done[i] for i in range(len(cells))]
 
 

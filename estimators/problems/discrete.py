@@ -102,7 +102,21 @@ def bernoulli_toy_nd(*, p: str = "0.6 0.51 0.48", theta: str = "0"):
         raise ValueError(f"problem 'bernoulli-toy-nd': theta needs 1 or {len(targets)} values "
                          f"(one per target p), got {len(logits)}")
     logits = torch.tensor(logits).expand(len(targets)).clone()
-    return BernoulliProblem(logits, lambda b: ((b - targets) ** 2).sum(-1), name="bernoulli-toy-nd")
+    return BernoulliTargets(logits, targets)
+
+
+class BernoulliTargets(BernoulliProblem):
+    r"""``bernoulli-toy-nd``: cost :math:`\sum_i (b_i - p_i)^2` with the targets ``p`` an attribute
+    of the problem (``targets``, shape ``(D,)``), which the cost reads, so that
+    :meth:`~gradnoise.base.Problem.to` moves them with the parameters."""
+
+    def __init__(self, logits: Tensor, targets: Tensor):
+        self.targets = targets
+        super().__init__(logits, self.squared_distance, name="bernoulli-toy-nd")
+
+    def squared_distance(self, b: Tensor) -> Tensor:
+        r""":math:`\sum_i (b_i - p_i)^2`: ``(..., D)`` to ``(...)``."""
+        return ((b - self.targets) ** 2).sum(-1)
 
 
 @register_problem("categorical-toy")
@@ -115,8 +129,19 @@ def categorical_toy(*, k: int = 3, spread: float = 1.0, t: float = 0.45):
     if k < 2:
         raise ValueError(f"problem 'categorical-toy' needs k >= 2 classes, got {k}")
     grid = torch.arange(k, dtype=torch.get_default_dtype()) / (k - 1)
-    costs = (grid - t) ** 2
-    return ExpectationProblem(
-        lambda logits: OneHotCategorical(logits=logits), {"logits": spread * (grid - 0.5)},
-        lambda x: (x * costs).sum(-1), name="categorical-toy",
-    )
+    return CategoricalCosts(spread * (grid - 0.5), (grid - t) ** 2)
+
+
+class CategoricalCosts(ExpectationProblem):
+    r"""``categorical-toy``: :math:`x \sim \mathrm{OneHotCategorical}(\theta)`, cost :math:`c^\top x`
+    with the per-class costs ``c`` an attribute of the problem (``costs``, shape ``(K,)``), which
+    the cost reads, so that :meth:`~gradnoise.base.Problem.to` moves them with the parameters."""
+
+    def __init__(self, logits: Tensor, costs: Tensor):
+        self.costs = costs
+        super().__init__(lambda logits: OneHotCategorical(logits=logits), {"logits": logits},
+                         self.linear_cost, name="categorical-toy")
+
+    def linear_cost(self, x: Tensor) -> Tensor:
+        r""":math:`c^\top x`: ``(..., K)`` to ``(...)``."""
+        return (x * self.costs).sum(-1)
