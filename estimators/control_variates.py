@@ -62,7 +62,7 @@ from torch import Tensor
 from torch.distributions import Distribution, Independent
 
 from .base import (
-    EstimatorNotApplicable, GradientEstimator, Params, Problem, evaluate_cost, grad_of, replicate,
+    EstimatorNotApplicable, GradientEstimator, Params, Problem, evaluate_cost, forked_stream, grad_of, replicate,
 )
 from .pathwise import Pathwise
 from .registry import register_estimator
@@ -200,16 +200,11 @@ class DeltaMethod(GradientEstimator):
 
     def _same_noise(self, problems, params, n) -> list[dict[str, Tensor]]:
         """The inner estimator on each problem with the same random draws (one seed from the stream)."""
-        seed = int(torch.randint(0, 2**62, ()).item())
+        seed = int(torch.randint(0, 2**62, ()).item())   # a sub-stream drawn from the block's stream
         device = next(iter(params.values())).device
-        devices = [device.index or 0] if device.type == "cuda" else []
         out = []
         for problem in problems:
-            with torch.random.fork_rng(devices=devices):
-                if devices:
-                    torch.manual_seed(seed)
-                else:   # the CPU generator alone, as the engine seeds CPU cells (torch.manual_seed
-                    torch.default_generator.manual_seed(seed)   # also queues CUDA seeding: 1.7 ms)
+            with forked_stream(seed, device):
                 out.append(self.inner.estimate(problem, params, n, None))
         return out
 

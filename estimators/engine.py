@@ -43,7 +43,7 @@ from torch import Tensor
 from torch.distributions import Distribution
 
 from . import statistics
-from .base import all_finite, as_estimate, EstimatorNotApplicable, GradientEstimator, NonFiniteCostError, Problem, replicate
+from .base import all_finite, as_estimate, EstimatorNotApplicable, forked_stream, GradientEstimator, NonFiniteCostError, Problem, replicate
 from . import provenance
 from .registry import get_estimator, make_problem
 
@@ -283,17 +283,9 @@ def block_seed(cell: int, index: int) -> int:
 
 @contextlib.contextmanager
 def seeded(seed: int, device: torch.device):
-    """Torch's generator for ``device`` seeded with ``seed`` inside ``fork_rng`` (the caller's
-    stream untouched), with ``torch.distributions``' argument validation off (see
-    :func:`distribution_validation`)."""
-    devices = [device.index or 0] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices), distribution_validation(False):
-        if device.type == "cuda":
-            torch.manual_seed(seed)
-        else:
-            # the CPU generator alone: torch.manual_seed also queues a lazy seeding of every CUDA
-            # device, recording a traceback each time (0.45 ms a cell, half a small cell's time)
-            torch.default_generator.manual_seed(seed)
+    """A block's stream: :func:`gradnoise.base.forked_stream` ``(seed, device)`` with
+    ``torch.distributions``' argument validation off (see :func:`distribution_validation`)."""
+    with forked_stream(seed, device), distribution_validation(False):
         yield
 
 
