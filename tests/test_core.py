@@ -196,3 +196,30 @@ def test_compare_and_history_name_the_change_of_random_streams(tmp_path):
     assert streams_changes(commits, str(tmp_path)) == [(commits[1], OLD_STREAMS, "blocks-1")]
     assert "random streams changed" in streams_note(OLD_STREAMS, "blocks-1").lower()
     assert streams_note("blocks-1", "blocks-1") == ""
+
+
+def test_the_digits_models_train_through_the_registered_estimators():
+    """The checkpoints come from the estimator contract's training loop (gradnoise.training),
+    with the registered ``reparam``: it equals, up to float32 summation order, a hand-written
+    loop of the reparameterised ELBO gradient over the same minibatches and noise."""
+    from gradnoise.problems import digits_training as dt
+    from gradnoise.problems.digits_model import TRAIN_IMAGES, DigitsModel, binarised_digits, init_params
+
+    steps, seed = 20, 3
+    trained = dt.train("gaussian", 4, 16, steps, seed)["end"]
+    data = binarised_digits()[:TRAIN_IMAGES]
+    gen = torch.Generator().manual_seed(seed)
+    params = {k: v.requires_grad_(True) for k, v in init_params("gaussian", 4, 16, gen).items()}
+    optimiser = torch.optim.Adam(params.values(), lr=dt.LEARNING_RATE)
+    with gn.base.forked_stream(seed):
+        for _ in range(steps):
+            batch = data[torch.randint(0, TRAIN_IMAGES, (dt.MINIBATCH,), generator=gen)]
+            model = DigitsModel("gaussian", batch)
+            q = model.encoder_points(params)
+            z = q.rsample()
+            optimiser.zero_grad()
+            (-(model.log_joint_points(z, params) - q.log_prob(z)).mean()).backward()
+            optimiser.step()
+    for name, value in params.items():
+        scale = float(value.detach().abs().max())
+        assert float((trained[name] - value.detach()).abs().max()) <= 1e-5 * max(scale, 1.0), name

@@ -2,12 +2,13 @@ r"""Seeded training of the digits VAEs, and the checkpoint cache.
 
 Training is seeded (initialisation, minibatches and latent noise all derive from ``seed``;
 Adam, learning rate 3e-3, minibatches of 100, ``steps`` steps) and cached on disk, keyed by its
-settings and by a hash of the model's and this module's source and torch's version (a change of
-the model or its training trains anew), under ``$GRADNOISE_CACHE/digits`` (default
+settings and by the package's code version (:func:`gradnoise.provenance.code_version`: the model,
+this module and the estimators it trains by; a change of any trains anew), under ``$GRADNOISE_CACHE/digits`` (default
 ``~/.cache/gradnoise/digits``), one file holding the ``start`` (initialisation), ``middle``
 (``steps // 2``) and ``end`` checkpoints; a second run loads the file and does not retrain.
-The Gaussian model trains by the reparameterised ELBO gradient, the Bernoulli one by REINFORCE
-with a leave-one-out baseline over 8 samples per image.
+The Gaussian model trains by the registered ``reparam`` estimator (one sample per image), the
+Bernoulli one by ``reinforce-loo`` (8 samples per image), each image of a minibatch a replicate,
+through :func:`gradnoise.training.minimise`, the estimator contract's training loop.
 """
 from __future__ import annotations
 
@@ -17,36 +18,46 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ..base import Params
+from ..base import Params, forked_stream
 from ..engine import torch_threads
+from ..registry import get_estimator
+from ..training import minimise
+from .base import ModelProblem
 from ..io import cache_dir, compute_once
-from ..provenance import source_hash
+from ..provenance import code_version
 from . import digits_model
 from .digits_model import TRAIN_IMAGES, DigitsModel, binarised_digits, init_params
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 LEARNING_RATE = 3e-3
 MINIBATCH = 100
 TRAIN_SAMPLES_BERNOULLI = 8
 
-def _train_loss(model: DigitsModel, params: Params) -> Tensor:
-    """A surrogate whose gradient is an unbiased estimate of -(mean ELBO) over the minibatch."""
-    q = model.encoder_points(params)
-    if model.kind == "gaussian":
-        z = q.rsample()
-        return -(model.log_joint_points(z, params) - q.log_prob(z)).mean()
-    z = q.sample((TRAIN_SAMPLES_BERNOULLI,))                          # (K, B, latent)
-    log_q = q.log_prob(z)
-    f = model.log_joint_points(z, params) - log_q                   # (K, B)
-    loo = (f.sum(0, keepdim=True) - f) / (TRAIN_SAMPLES_BERNOULLI - 1)
-    return -(((f - loo).detach() * log_q + f).mean(0)).mean()
+class MinibatchTerms(ModelProblem):
+    """The ELBO terms of a minibatch ``x`` ``(B, 64)`` as ``B`` replicates: replicate ``b`` holds
+    image ``b`` (data of shape ``(B, 1, 64)``, aligned with parameter leaves ``(B, *shape)``), so
+    a registered estimator gives every image's gradient estimate in one pass
+    (:func:`gradnoise.training.minimise` averages them)."""
+
+    def __init__(self, kind: str, x: Tensor, params: Params):
+        model = DigitsModel(kind, x.unsqueeze(1))
+        super().__init__(model.encoder, model.log_joint, params, name=f"digits-{kind}-minibatch")
+        self.terms = x.shape[0]
+
+
+#: the registered estimator each model trains by, and its samples per image: the reparameterised
+#: ELBO gradient for Gaussian latents, REINFORCE with the leave-one-out baseline for Bernoulli ones
+TRAINED_BY = {"gaussian": ("reparam", 1), "bernoulli": ("reinforce-loo", TRAIN_SAMPLES_BERNOULLI)}
 
 
 def train(kind: str, latent: int, hidden: int, steps: int, seed: int) -> dict[str, dict[str, Tensor]]:
     """Train from ``seed`` (no cache); ``{checkpoint: {name: tensor}}`` for start, middle, end.
 
-    Deterministic: the same arguments give bitwise the same parameters on the same machine.
-    The caller's torch random stream is left untouched.
+    Each step draws a minibatch (from ``seed``'s own generator) and moves the parameters by Adam
+    along the mean of the registered estimator's per-image ELBO gradient estimates
+    (:data:`TRAINED_BY`, through :func:`gradnoise.training.minimise`: the estimators measured
+    elsewhere, not a copy of them). Deterministic: the same arguments give bitwise the same
+    parameters on the same machine. The caller's torch random stream is left untouched.
     """
     data = binarised_digits()[:TRAIN_IMAGES]
     gen = torch.Generator().manual_seed(seed)
@@ -54,30 +65,28 @@ def train(kind: str, latent: int, hidden: int, steps: int, seed: int) -> dict[st
     snapshot = lambda: {k: v.detach().clone() for k, v in params.items()}  # noqa: E731
     saved = {"start": snapshot()}
     optimiser = torch.optim.Adam(params.values(), lr=LEARNING_RATE)
+    name, samples = TRAINED_BY[kind]
+
+    def minibatch(step: int) -> MinibatchTerms:
+        return MinibatchTerms(kind, data[torch.randint(0, TRAIN_IMAGES, (MINIBATCH,), generator=gen)], params)
+
+    def keep_middle(step: int, _params) -> None:
+        if step == steps // 2:
+            saved["middle"] = snapshot()
+
     # tiny matrices: one thread is fastest, and makes the training thread-count free
-    with torch.random.fork_rng(devices=[]), torch_threads(1):
-        torch.manual_seed(seed)
-        _train_steps(kind, data, params, optimiser, steps, gen, saved, snapshot)
+    with forked_stream(seed), torch_threads(1):
+        minimise(minibatch, get_estimator(name), samples, params, optimiser, steps, sign=-1.0, on_step=keep_middle)
     saved.setdefault("middle", saved["start"])
     saved["end"] = snapshot()
     return saved
-
-
-def _train_steps(kind, data, params, optimiser, steps, gen, saved, snapshot) -> None:
-    for step in range(1, steps + 1):
-        batch = data[torch.randint(0, TRAIN_IMAGES, (MINIBATCH,), generator=gen)]
-        optimiser.zero_grad()
-        _train_loss(DigitsModel(kind, batch), params).backward()
-        optimiser.step()
-        if step == steps // 2:
-            saved["middle"] = snapshot()
 
 
 def checkpoint_path(kind: str, latent: int, hidden: int, steps: int, seed: int) -> Path:
     return cache_dir("digits") / (
         f"digits-{kind}-latent{latent}-hidden{hidden}-steps{steps}-seed{seed}"
         f"-lr{LEARNING_RATE:g}-batch{MINIBATCH}-v{CACHE_FORMAT}"
-        f"-code{source_hash(digits_model.__file__, __file__, extra=f'torch {torch.__version__}')}.pt"
+        f"-code{code_version()}.pt"
     )
 
 
