@@ -27,7 +27,7 @@ def _coverages(problem, estimator, n, r, true_variance, param="loc"):
     ours = chi2 = 0
     q = stats.chi2.ppf([0.5 + CONFIDENCE / 2, 0.5 - CONFIDENCE / 2], r - 1)
     for row in g:
-        _, low, high = variance_interval((row - row.mean()) ** 2)
+        _, low, high = variance_interval(row)
         ours += low <= true_variance <= high
         s2 = row.var(ddof=1)
         chi2 += (r - 1) * s2 / q[0] <= true_variance <= (r - 1) * s2 / q[1]
