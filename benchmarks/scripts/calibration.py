@@ -8,8 +8,7 @@ known) and each R, S seeds' worth of R-replicate cells are measured, and over th
 
 for the old method (delta-method interval on the log scale with the sample kurtosis; plain z,
 Bonferroni over coordinates) and the new one (``gradnoise.statistics.summarise``: bootstrap-t on
-the log scale; the smaller of the plain and Hall's skewness-corrected z), and the share of cells
-the new ``intervals_reliable`` flags and the coverage among the others.
+the log scale for scalars; the smaller of the plain and Hall's skewness-corrected z).
 
 Vectorised: one engine call gives S x R independent estimates (every replicate of a cell is an
 independent draw given the cell's stream), reshaped into S cells of R; statistically the same
@@ -165,12 +164,11 @@ def table(paths) -> str:
     df = pd.concat([pd.read_csv(p) for p in paths]).sort_values(["problem", "estimator", "param", "R"])
     pct = lambda v: f"{100 * v:.2f}%"  # noqa: E731
     lines = ["| problem | estimator | param | estimate | exact | R | seeds | coverage old | coverage new "
-             "| new, reliable rows (flagged) | P(\\|z\\|>3) old | new | P(\\|z\\|>4) old | new |",
-             "|" + "---|" * 14]
+             "| P(\\|z\\|>3) old | new | P(\\|z\\|>4) old | new |",
+             "|" + "---|" * 13]
     for r in df.itertuples():
         lines.append(f"| `{r.problem}` | `{r.estimator}` | {r.param} | {r.estimate} | {r.exact} | {r.R} | {r.seeds} "
-                     f"| {r.coverage_old:.3f} | **{r.coverage_new:.3f}** | {r.coverage_new_reliable:.3f} "
-                     f"({pct(r.flagged)}) | {pct(r.z3_old)} | **{pct(r.z3_new)}** | {pct(r.z4_old)} | {pct(r.z4_new)} |")
+                     f"| {r.coverage_old:.3f} | **{r.coverage_new:.3f}** | {pct(r.z3_old)} | **{pct(r.z3_new)}** | {pct(r.z4_old)} | {pct(r.z4_new)} |")
     return "\n".join(lines)
 
 
