@@ -422,8 +422,11 @@ def compare_results(before: pd.DataFrame, after: pd.DataFrame, *, alpha: float =
                            reason=f"benchmarked {side} only (added or removed)")
             elif (r.version_b is not None and r.version_a is not None and r.version_b != r.version_a
                   and r.axes_b == r.axes_a):
+                methods = [v for v in (r.version_b, r.version_a) if str(v).startswith("interval method:")]
+                why = (f"the interval method changed ({r.version_b} -> {r.version_a}): not comparable" if methods
+                       else "the benchmark's code changed between the sides (asv version differs): not comparable")
                 row.update(before=r.value_b, after=r.value_a, test="none", p_value=np.nan, verdict="skipped",
-                           reason="the benchmark's code changed between the sides (asv version differs): not comparable")
+                           reason=why)
             elif "failed" in (r.status_b, r.status_a):
                 sides = [s for s, st in (("before", r.status_b), ("after", r.status_a)) if st == "failed"]
                 row.update(before=r.value_b, after=r.value_a, test="none", p_value=np.nan, verdict="failed",

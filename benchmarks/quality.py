@@ -55,6 +55,10 @@ def _track_class(statistic: str, track: Track) -> type:
         return self.samples(statistic)
 
     method.__name__ = method.__qualname__ = f"track_{statistic}"
+    if "bias_z" in track.columns or "variance_ci_low" in track.columns:
+        # the statistic's meaning is set by the interval method, not by this code: its asv version
+        # names the method, so `gradnoise compare` says the method changed instead of comparing
+        method.version = f"interval method: {gradnoise.statistics.INTERVAL_METHOD}"
     return type(track.asv_class, (_Quality,), {"unit": track.unit, "__doc__": track.doc,
                                               method.__name__: method, "__module__": __name__})
 
