@@ -22,11 +22,19 @@ def batch_statistics(spec: str, name: str, n: int) -> dict:
     """``{statistic: [one value per batch]}`` for a cell of :data:`CELLS`, or ``{"error": what}``."""
     try:
         problem, estimator = cell(spec, name, n)
-        rows = [summary(gradnoise.measure_cell(problem, estimator, n, REPLICATES, seed=b))
-                for b in range(BATCHES)]
+        rows = [summary(_measure(problem, estimator, n, b)) for b in range(BATCHES)]
     except Exception as err:   # reported by this cell's benchmarks, not by every cell's
         return {"error": f"{type(err).__name__}: {err}"}
     return {key: [row[key] for row in rows] for key in rows[0]}
+
+
+def _measure(problem, estimator, n: int, batch: int) -> list[dict]:
+    """One batch's rows without the variance interval, which no track reads (its bootstrap is 7 ms
+    a row); asv runs this suite against older commits too, whose ``measure_cell`` lacks the option."""
+    try:
+        return gradnoise.measure_cell(problem, estimator, n, REPLICATES, seed=batch, intervals=False)
+    except TypeError:
+        return gradnoise.measure_cell(problem, estimator, n, REPLICATES, seed=batch)
 
 
 class _Quality:
@@ -58,7 +66,7 @@ def _track_class(statistic: str, track: Track) -> type:
     if "bias_z" in track.columns or "variance_ci_low" in track.columns:
         # the statistic's meaning is set by the interval method, not by this code: its asv version
         # names the method, so `gradnoise compare` says the method changed instead of comparing
-        method.version = f"interval method: {gradnoise.statistics.INTERVAL_METHOD}"
+        method.version = f"interval method: {getattr(gradnoise.statistics, 'INTERVAL_METHOD', 'delta method')}"
     return type(track.asv_class, (_Quality,), {"unit": track.unit, "__doc__": track.doc,
                                               method.__name__: method, "__module__": __name__})
 

@@ -369,7 +369,7 @@ def replicate_estimates(
 def summarise_estimates(
     problem: Problem, estimator: GradientEstimator, budget: int, seed: int,
     estimates: dict[str, Tensor], seconds: float, groups: dict[str, list[str]] | None = None,
-    version: str | None = None,
+    version: str | None = None, intervals: bool = True,
 ) -> list[dict]:
     """Tidy rows (:data:`COLUMNS`) for given estimates: one per parameter, then one per group.
 
@@ -397,7 +397,8 @@ def summarise_estimates(
             "threads": torch.get_num_threads(),
         }
         row.update(statistics.summarise(
-            flat(estimates, names, (replicates,)), flat(truth.values, names, ()), flat(truth.se, names, ())
+            flat(estimates, names, (replicates,)), flat(truth.values, names, ()), flat(truth.se, names, ()),
+            intervals=intervals,
         ))
         rows.append(row)
     return rows
@@ -405,14 +406,16 @@ def summarise_estimates(
 
 def measure_cell(
     problem: Problem, estimator: GradientEstimator, budget: int, replicates: int, seed: int = 0,
-    *, max_elements: int = MAX_ELEMENTS,
+    *, max_elements: int = MAX_ELEMENTS, intervals: bool = True,
 ) -> list[dict]:
-    """Tidy rows (one per parameter) for one cell; see :data:`COLUMNS`."""
+    """Tidy rows (one per parameter) for one cell; see :data:`COLUMNS` (``intervals=False``: the
+    variance interval left out, NaN; see :func:`gradnoise.statistics.summarise`)."""
     version = provenance.cell_version(problem, estimator).text     # before anything runs
     estimates, seconds = replicate_estimates(
         problem, estimator, budget, replicates, seed, max_elements=max_elements
     )
-    return summarise_estimates(problem, estimator, budget, seed, estimates, seconds, version=version)
+    return summarise_estimates(problem, estimator, budget, seed, estimates, seconds, version=version,
+                               intervals=intervals)
 
 
 def check_device(device: str | torch.device) -> torch.device:
