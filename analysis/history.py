@@ -134,6 +134,7 @@ def load_history(range_spec: str | None = None, *, results_dir: str | None = Non
         return bool(pattern.search(name)) if pattern else benchmark_family(name) in TRACKED_FAMILIES
 
     rows, cells = [], {}
+    methods: dict[str, str] = {}         # commit -> the interval method its bias track names
     commits = commits_in_order({**{c: [] for c in unreadable}, **by_commit}, repo, range_spec)
     # a range lists full hashes; an unreadable file whose commit git did not resolve is a prefix
     unreadable = {next((c for c in commits if c.startswith(k)), k): v for k, v in unreadable.items()}
@@ -142,6 +143,9 @@ def load_history(range_spec: str | None = None, *, results_dir: str | None = Non
             for key in sorted(res.get_all_result_keys()):
                 if not selected(key):
                     continue
+                version = str(res.benchmark_version.get(key) or "")
+                if version.startswith("interval method:"):
+                    methods[commit] = version.split(":", 1)[1].strip()
                 params = res.get_result_params(key)
                 values = res.get_result_value(key, params)
                 stats_ = res.get_result_stats(key, params)
@@ -173,6 +177,9 @@ def load_history(range_spec: str | None = None, *, results_dir: str | None = Non
     df = df[HISTORY_COLUMNS]
     df.attrs["unreadable"] = {c: why for c, why in unreadable.items() if c in set(commits)}
     df.attrs["streams_changes"] = streams_changes(commits, repo)
+    known = [(c, methods.get(c, "delta method")) for c in commits if c in by_commit]
+    df.attrs["method_changes"] = [(c, before, after) for (_, before), (c, after) in zip(known, known[1:])
+                                  if before != after]
     return df
 
 
@@ -362,6 +369,9 @@ def history_markdown(history: pd.DataFrame, steps: pd.DataFrame, figures: dict[s
     if single:
         lines += ["", single[0].upper() + single[1:] + ": one cold sample is not the median of a full run, "
                   "so a commit measured quickly would take the blame for its neighbours' level."]
+    for commit, before, after in history.attrs.get("method_changes", []):
+        lines += ["", f"**The interval method changed at `{commit[:8]}` {subjects.get(commit, '')}** ({before} -> "
+                  f"{after}): from there the bias track means something else; a step there is the method's."]
     for commit, before, after in history.attrs.get("streams_changes", []):
         lines += ["", f"**Random streams changed at `{commit[:8]}` {subjects.get(commit, '')}** ({before} -> {after}): "
                   "from there every quality track draws other random numbers, so its value moves by chance alone; "
@@ -431,6 +441,8 @@ def run_history(args: argparse.Namespace) -> int:
     single = single_sample_summary(history, args.include_quick)
     if single:
         print(f"  {single}")
+    for commit, before, after in history.attrs.get("method_changes", []):
+        print(f"  the interval method changed at {commit[:8]} ({before} -> {after}): the bias track means something else from there")
     for commit, before, after in history.attrs.get("streams_changes", []):
         print(f"  random streams changed at {commit[:8]} ({before} -> {after}): quality tracks draw other numbers from there")
     unreadable = history.attrs.get("unreadable", {})

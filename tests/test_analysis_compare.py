@@ -240,6 +240,20 @@ def test_a_changed_benchmark_is_not_compared(tmp_path):
     assert (df["verdict"] == "skipped").all() and df["reason"].str.contains("not comparable").all()
 
 
+def test_a_change_of_interval_method_is_named(tmp_path):
+    """The bias track's asv version names the interval method (benchmarks/quality.py): across a
+    change of method its cells are skipped with that reason, not compared as numbers."""
+    root = str(tmp_path / "results")
+    rng = np.random.default_rng(9)
+    _write(root, BEFORE, "quality.TrackBiasExcess.track_bias_excess", [True] * 6,
+           [batch_variances(rng, 1.0) for _ in range(6)], version="interval method: delta method")
+    _write(root, AFTER, "quality.TrackBiasExcess.track_bias_excess", [True] * 6,
+           [batch_variances(rng, 1.0) for _ in range(6)], version="interval method: bootstrap-t")
+    df = compare(BEFORE, AFTER, results_dir=root)
+    assert (df["verdict"] == "skipped").all()
+    assert df["reason"].str.contains("the interval method changed").all()
+
+
 def test_cells_are_matched_on_their_label_across_a_change_of_parameters(tmp_path):
     """BEFORE: the estimator x N product with a skipped combination; AFTER: one ``cell`` parameter
     listing the combinations that run (its code, hence asv's version, changed with it)."""

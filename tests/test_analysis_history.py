@@ -269,3 +269,28 @@ def test_an_infinite_value_is_left_out_of_step_detection_in_bounded_memory():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["1", "08"]          # the step from 1 to 3, at the first finite 3
+
+
+def test_a_change_of_interval_method_is_named(tmp_path):
+    """The bias track's asv version names the interval method: history names the commit where it
+    changed (a step there is the method's, not the estimators')."""
+    repo, results_dir = tmp_path / "repo", str(tmp_path / "results")
+    repo.mkdir()
+    _git(repo, "init", "-q", "-b", "main")
+    rng = np.random.default_rng(2)
+    commits = []
+    for i, method in enumerate(("delta method", "delta method", "bootstrap-t")):
+        _git(repo, "commit", "-q", "--allow-empty", "-m", f"change {i}")
+        commits.append(_git(repo, "rev-parse", "HEAD"))
+        os.makedirs(os.path.join(results_dir, MACHINE), exist_ok=True)
+        asv_util.write_json(os.path.join(results_dir, MACHINE, "machine.json"), {"machine": MACHINE, "version": 1},
+                            Machine.api_version)
+        res = asv_results.Results({"machine": MACHINE, "python": "3.11"}, {}, commits[-1], 0, "3.11", ENV, {})
+        samples = [list(rng.exponential(1.0, 10)) for _ in CELLS]
+        res.add_result({"name": "quality.TrackBiasExcess.track_bias_excess", "version": f"interval method: {method}",
+                        "params": [CELLS]},
+                       BenchmarkResult(result=[True] * len(CELLS), samples=samples, number=[1] * len(CELLS),
+                                       errcode=0, stderr="", profile=None), record_samples=True)
+        res.save(results_dir)
+    h = load_history("main", results_dir=results_dir, repo=str(repo))
+    assert h.attrs["method_changes"] == [(commits[2], "delta method", "bootstrap-t")]
