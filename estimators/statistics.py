@@ -176,7 +176,12 @@ def variance_interval(estimates: np.ndarray, level: float = CONFIDENCE) -> tuple
     t_low, t_high = np.quantile(t, [0.5 - level / 2, 0.5 + level / 2])
     # the pivot's quantiles straddle 0 all but always; where a lopsided resample distribution puts
     # both on one side, the interval is widened to hold the estimate it is an interval of
-    low, high = variance * float(np.exp(-t_high * se)), variance * float(np.exp(-t_low * se))
+    with np.errstate(over="ignore"):
+        low, high = variance * float(np.exp(-t_high * se)), variance * float(np.exp(-t_low * se))
+    if not (np.isfinite(low) and np.isfinite(high)):
+        # a degenerate pivot (estimates exact up to rounding: resampled variances of ~1e-14 whose
+        # standard errors vanish faster) has no usable quantiles; the delta method's stays finite
+        return delta_variance_interval(y, level)
     return variance, min(low, variance), max(high, variance)
 
 

@@ -130,3 +130,14 @@ def test_calibration_at_small_r_on_the_issue_22_rows():
         assert row["coverage_new"] >= cov_min and row["z3_new"] <= z3_max, row
         old_fails += row["coverage_old"] < cov_min or row["z3_old"] > z3_max
     assert old_fails > 0
+
+
+def test_the_interval_of_estimates_exact_up_to_rounding_is_finite():
+    """The centred delta method on a quadratic cost: estimates equal up to float32 rounding, a
+    handful of distinct values. The bootstrap pivot degenerates (its exp overflowed to an infinite
+    upper end); the interval falls back to the delta method's, finite and holding the estimate."""
+    g = np.float32(8.0) + np.float32(4e-7) * np.random.default_rng(1).integers(-2, 3, (300, 1)).astype(np.float32)
+    g[:295] = np.float32(8.0)
+    with np.errstate(over="raise"):
+        variance, low, high = statistics.variance_interval(g.astype(np.float64))
+    assert np.isfinite(low) and np.isfinite(high) and low <= variance <= high
