@@ -291,15 +291,13 @@ def seeded(seed: int, device: torch.device):
 
 def block_estimates(
     problem: Problem, estimator: GradientEstimator, budget: int, size: int, seed: int,
-    params: dict[str, Tensor] | None = None,
 ) -> tuple[dict[str, Tensor], float]:
     """One block: ``size`` independent estimates at a frozen point, every random draw (the
     estimator's :meth:`~gradnoise.base.GradientEstimator.init`, its warm-up steps and the estimate)
     from torch's generator seeded with ``seed``. Returns the estimates ``{name: (size, *shape)}``
     (detached) and the seconds spent outside an amortised ``init`` and warm-up."""
-    params = problem.params if params is None else params
-    device = next(iter(params.values())).device
-    leaves = replicate(params, (size,))
+    device = next(iter(problem.params.values())).device
+    leaves = replicate(problem.params, (size,))
     with seeded(seed, device):
         start = time.perf_counter()
         state = estimator.init(problem, leaves, budget)

@@ -103,10 +103,8 @@ def library_version(module: str) -> str | None:
         return None
     mod = sys.modules.get(top)
     file = getattr(mod, "__file__", None)
-    if mod is None or (file is not None and not any(Path(file).resolve().is_relative_to(d) for d in _site_dirs())):
-        return None
-    if file is None and top not in ("torch", "numpy"):   # a compiled module outside site-packages
-        return None
+    if file is None or not any(Path(file).resolve().is_relative_to(d) for d in _site_dirs()):
+        return None                      # not installed: a script, an editable install, a notebook
     dists = _distributions().get(top, [])
     versions = []
     for dist in sorted(set(dists)):

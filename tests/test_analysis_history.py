@@ -34,11 +34,28 @@ def _git(repo, *args):
     return subprocess.run(["git", *who, *args], cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
 
 
-def _save(results_dir, commit, values, rng, params=(CELLS,)):
+def _repo(root, n):
+    """A git repository of ``n`` empty commits under ``root``: ``(repo, results_dir, commits)``."""
+    repo, results_dir = root / "repo", str(root / "results")
+    repo.mkdir()
+    _git(repo, "init", "-q", "-b", "main")
+    commits = []
+    for i in range(n):
+        _git(repo, "commit", "-q", "--allow-empty", "-m", f"change {i}")
+        commits.append(_git(repo, "rev-parse", "HEAD"))
+    return repo, results_dir, commits
+
+
+def _results(results_dir, commit):
+    """An empty asv ``Results`` of ``commit`` on MACHINE (its machine.json written)."""
     os.makedirs(os.path.join(results_dir, MACHINE), exist_ok=True)
     asv_util.write_json(os.path.join(results_dir, MACHINE, "machine.json"), {"machine": MACHINE, "version": 1},
                         Machine.api_version)
-    res = asv_results.Results({"machine": MACHINE, "python": "3.11"}, {}, commit, 0, "3.11", ENV, {})
+    return asv_results.Results({"machine": MACHINE, "python": "3.11"}, {}, commit, 0, "3.11", ENV, {})
+
+
+def _save(results_dir, commit, values, rng, params=(CELLS,)):
+    res = _results(results_dir, commit)
     samples = [None if v is None or v != v else list(v * np.exp(rng.normal(0, 0.02, 10))) for v in values]
     result = [True if s is not None else v for s, v in zip(samples, values)]
     res.add_result({"name": NAME, "version": "1", "params": list(params)},
@@ -50,14 +67,7 @@ def _save(results_dir, commit, values, rng, params=(CELLS,)):
 
 @pytest.fixture(scope="module")
 def history_repo(tmp_path_factory):
-    root = tmp_path_factory.mktemp("history")
-    repo, results_dir = root / "repo", str(root / "results")
-    repo.mkdir()
-    _git(repo, "init", "-q", "-b", "main")
-    commits = []
-    for i in range(5):
-        _git(repo, "commit", "-q", "--allow-empty", "-m", f"change {i}")
-        commits.append(_git(repo, "rev-parse", "HEAD"))
+    repo, results_dir, commits = _repo(tmp_path_factory.mktemp("history"), 5)
     rng = np.random.default_rng(0)
     nan = float("nan")
     _save(results_dir, commits[0], [10.0, 50.0, 3.0, nan], rng)
@@ -149,10 +159,7 @@ TIMING = "timing.Estimate.time_estimate"
 def _save_timing(results_dir, commit, seconds, rng, *, quick=False):
     """One timing cell ``'a'``: 10 recorded samples (a full run), or one sample without
     ``--record-samples`` (``asv run --quick``: asv keeps the value and stats with ``repeat`` 1)."""
-    os.makedirs(os.path.join(results_dir, MACHINE), exist_ok=True)
-    asv_util.write_json(os.path.join(results_dir, MACHINE, "machine.json"), {"machine": MACHINE, "version": 1},
-                        Machine.api_version)
-    res = asv_results.Results({"machine": MACHINE, "python": "3.11"}, {}, commit, 0, "3.11", ENV, {})
+    res = _results(results_dir, commit)
     samples = [seconds] if quick else list(seconds * np.exp(rng.normal(0, 0.02, 10)))
     res.add_result({"name": TIMING, "version": "1", "params": [["'a'"]]},
                    BenchmarkResult(result=[True], samples=[samples], number=[1], errcode=0, stderr="", profile=None),
@@ -164,14 +171,7 @@ def _save_timing(results_dir, commit, seconds, rng, *, quick=False):
 def mixed_repo(tmp_path_factory):
     """c0 full 1 ms, c1 quick (5 ms: one cold sample), c2 full 1 ms, c3 full 3 ms (the real
     slowdown), c4 quick 15 ms: only c3 stepped."""
-    root = tmp_path_factory.mktemp("mixed")
-    repo, results_dir = root / "repo", str(root / "results")
-    repo.mkdir()
-    _git(repo, "init", "-q", "-b", "main")
-    commits = []
-    for i in range(5):
-        _git(repo, "commit", "-q", "--allow-empty", "-m", f"change {i}")
-        commits.append(_git(repo, "rev-parse", "HEAD"))
+    repo, results_dir, commits = _repo(tmp_path_factory.mktemp("mixed"), 5)
     rng = np.random.default_rng(2)
     for commit, ms, quick in zip(commits, (1, 5, 1, 3, 15), (False, True, False, False, True)):
         _save_timing(results_dir, commit, ms * 1e-3, rng, quick=quick)
@@ -274,18 +274,10 @@ def test_an_infinite_value_is_left_out_of_step_detection_in_bounded_memory():
 def test_a_change_of_interval_method_is_named(tmp_path):
     """The bias track's asv version names the interval method: history names the commit where it
     changed (a step there is the method's, not the estimators')."""
-    repo, results_dir = tmp_path / "repo", str(tmp_path / "results")
-    repo.mkdir()
-    _git(repo, "init", "-q", "-b", "main")
+    repo, results_dir, commits = _repo(tmp_path, 3)
     rng = np.random.default_rng(2)
-    commits = []
-    for i, method in enumerate(("delta method", "delta method", "bootstrap-t")):
-        _git(repo, "commit", "-q", "--allow-empty", "-m", f"change {i}")
-        commits.append(_git(repo, "rev-parse", "HEAD"))
-        os.makedirs(os.path.join(results_dir, MACHINE), exist_ok=True)
-        asv_util.write_json(os.path.join(results_dir, MACHINE, "machine.json"), {"machine": MACHINE, "version": 1},
-                            Machine.api_version)
-        res = asv_results.Results({"machine": MACHINE, "python": "3.11"}, {}, commits[-1], 0, "3.11", ENV, {})
+    for commit, method in zip(commits, ("delta method", "delta method", "bootstrap-t")):
+        res = _results(results_dir, commit)
         samples = [list(rng.exponential(1.0, 10)) for _ in CELLS]
         res.add_result({"name": "quality.TrackBiasExcess.track_bias_excess", "version": f"interval method: {method}",
                         "params": [CELLS]},
