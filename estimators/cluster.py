@@ -15,6 +15,10 @@ What travels, and what runs where:
   worker keeps one copy per problem (with its in-memory truths) however many cells it runs, and
   a lost copy is rebuilt by Dask from the task's bytes. An object ``cloudpickle`` cannot
   serialise, or a worker cannot rebuild (a module missing there), is one error naming it;
+* the plugins this process loaded (``--plugin``, ``$GRADNOISE_PLUGINS``, entry points:
+  :mod:`gradnoise.plugins`) are imported by every worker, by module name or file path, before any
+  object is rebuilt there (:func:`check_plugins`, :func:`rebuild`); a worker that cannot import
+  one is one error naming the worker and the plugin;
 * a cell runs :func:`run_cell` on a worker (which first undoes the malloc setting Dask's nanny
   gives its workers, seven times slower for large tensors: :func:`undo_malloc_trim`): ``measure_cell`` at ``threads`` torch intra-op
   threads (default 1), one cell at a time per worker process (a process-wide lock: torch's random
@@ -119,10 +123,41 @@ def serialise(obj, what: str) -> bytes:
         ) from None
 
 
-def rebuild(blob: bytes, what: str):
-    """On a worker: the object serialised by :func:`serialise`, or one error naming it."""
+def load_plugins(specs: Sequence[str]) -> str | None:
+    """On a worker: import the client's plugins (:func:`gradnoise.plugins.load`, once per process);
+    None, or one line naming the plugin that cannot be imported here and why."""
+    from . import plugins
+
+    for spec in specs:
+        try:
+            plugins.load(spec)
+        except Exception as err:     # noqa: BLE001 -- said to the client in one line
+            return f"{err}".replace("failed to import", "cannot be imported on this worker", 1)
+    return None
+
+
+def check_plugins(client, specs: Sequence[str]) -> None:
+    """One ``ValueError`` naming the first worker that cannot import one of this process's plugins
+    (``specs``: :func:`gradnoise.plugins.specs`), before any cell is sent; workers that join later
+    import them at the start of their first task (:func:`rebuild`)."""
+    if not specs:
+        return
+    failed = {worker: why for worker, why in client.run(load_plugins, list(specs)).items() if why}
+    if failed:
+        worker, why = sorted(failed.items())[0]
+        more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+        raise ValueError(f"Dask worker {worker}{more}: {why}; install the plugin (or put the file at the "
+                         f"same path) on every worker")
+
+
+def rebuild(blob: bytes, what: str, plugin_specs: Sequence[str] = ()):
+    """On a worker: the object serialised by :func:`serialise` (after importing the client's
+    plugins, :func:`load_plugins`: its classes and functions may live in them), or one error naming it."""
     import cloudpickle
 
+    why = load_plugins(plugin_specs)
+    if why:
+        raise RuntimeError(f"{what} could not be rebuilt on a Dask worker: {why}")
     try:
         return cloudpickle.loads(blob)
     except Exception as err:
@@ -207,14 +242,18 @@ def map_calls(client, function, calls: Sequence[tuple]) -> Iterator[tuple[int, o
     """
     from distributed import as_completed
 
+    from . import plugins
+
     check_workers(client)
+    specs = plugins.specs()
+    check_plugins(client, specs)
     sent: dict[int, object] = {}
 
     def send(arg):
         if isinstance(arg, (Problem, GradientEstimator)):
             if id(arg) not in sent:
                 what = f"problem {arg.spec!r}" if isinstance(arg, Problem) else f"estimator {arg.name!r}"
-                sent[id(arg)] = client.submit(rebuild, serialise(arg, what), what, pure=False)
+                sent[id(arg)] = client.submit(rebuild, serialise(arg, what), what, specs, pure=False)
             return sent[id(arg)]
         return arg
 
