@@ -293,6 +293,18 @@ def _as_they_complete(client, futures, index, sent, as_completed):
         client.cancel(sent)
 
 
+def _start_failure(err: Exception) -> str:
+    """One line for local Dask workers that failed to start: most often a script without a
+    ``__main__`` guard, which each worker process imports again (Python's ``multiprocessing``, whose
+    ``spawn`` start method Dask's nanny uses), so that every worker starts a cluster of its own."""
+    main = sys.modules.get("__main__")
+    script = getattr(main, "__file__", None)
+    hint = (f"; {script} runs again in each worker process: put its code under "
+            f"`if __name__ == \"__main__\":` (Python's multiprocessing docs, 'safe importing of main module')"
+            if script else "")
+    return f"the local Dask workers failed to start ({type(err).__name__}: {err}){hint}"
+
+
 @contextlib.contextmanager
 def open_client(workers: int | None = None, scheduler: str | None = None, *, timeout: float = 5.0):
     """A ``distributed.Client`` for the block: on a new local cluster of ``workers`` processes, or
@@ -325,8 +337,11 @@ def open_client(workers: int | None = None, scheduler: str | None = None, *, tim
             warnings.filterwarnings("ignore", message="Port .* is already in use", category=UserWarning)
             # and no MALLOC_TRIM_THRESHOLD_ for the workers: it makes large tensors slow (undo_malloc_trim)
             with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
-                cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                       dashboard_address=None, silence_logs=logging.ERROR)
+                try:
+                    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                           dashboard_address=None, silence_logs=logging.ERROR)
+                except RuntimeError as err:       # "Nanny failed to start."
+                    raise ValueError(_start_failure(err)) from None
         with cluster, Client(cluster) as client:
             yield client
         return
