@@ -172,6 +172,9 @@ def _what_changed(old: str, new: str, problem: str, estimator: str) -> str:
     for part, name in (("problem", problem), ("estimator", estimator)):
         if before.get(part) != after.get(part):
             said.append(f"the code of {part} {name}" + ("" if part in before else " (first hashed now)"))
+        elif before.get(f"{part}-from") != after.get(f"{part}-from"):     # a plugin's name or version
+            said.append(f"the plugin of {part} {name} ({before.get(f'{part}-from') or 'unrecorded'} -> "
+                        f"{after.get(f'{part}-from') or 'none'})")
     return " and ".join(said) or "the code"
 
 

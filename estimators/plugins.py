@@ -192,6 +192,8 @@ def load(spec: str, origin: Origin | None = None) -> str:
     top = spec.split(".")[0]
     origin = origin or Origin("plugin module", spec)
     already = spec in sys.modules
+    _PACKAGES.add(top)                   # hashed by source from now on, its own registration included
+    _clear_provenance_cache()
     with _loading(origin, f"module {spec!r}" if origin.kind != "distribution" else f"{origin} ({spec})"):
         if already:          # imported before by the user's own code: its names are already registered
             module = sys.modules[spec]

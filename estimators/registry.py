@@ -15,12 +15,14 @@ Each option's type is taken from its default (int, float, bool or str).
 Each entry records its :class:`~gradnoise.plugins.Origin`: built in, or the plugin (an installed
 distribution's entry point, a module or a file: :mod:`gradnoise.plugins`) whose import registered
 it. Plugins are loaded on the first look-up or listing (:func:`gradnoise.plugins.ensure_loaded`),
-not by ``import gradnoise``. Registering the same factory again (the same function of the same
-source file: a plugin loaded as an entry point and as a file, or imported again) is a no-op; a
-name taken by another factory is a :class:`RegistryClash` naming both origins.
+not by ``import gradnoise``. Registering the same code again (the same function of the same
+source file, or of a copy: a plugin loaded as an entry point and as a file, or imported again on
+a Dask worker; :func:`same_code`) is a no-op; a name taken by other code is a
+:class:`RegistryClash` naming both origins.
 """
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import os
 from dataclasses import dataclass, field
@@ -72,6 +74,21 @@ def _identity(factory) -> tuple:
     return (source or getattr(factory, "__module__", None), getattr(factory, "__qualname__", repr(factory)))
 
 
+def same_code(a, b) -> bool:
+    """Whether two factories are the same code: the same source file and name, or (a plugin
+    installed as a distribution and the same file given with ``--plugin``, two copies) the same
+    name and the same :func:`~gradnoise.provenance.fingerprint` (bytecode, constants, the globals
+    they read). Called only when a name is registered twice."""
+    if _identity(a) == _identity(b):
+        return True
+    if getattr(a, "__qualname__", None) != getattr(b, "__qualname__", None):
+        return False
+    from .provenance import fingerprint
+
+    fa, fb = fingerprint(a), fingerprint(b)
+    return fa.digest is not None and fa.digest == fb.digest
+
+
 def _describe(origin: Origin, factory) -> str:
     where = f"{getattr(factory, '__module__', '?')}.{getattr(factory, '__qualname__', '?')}"
     return f"{'the built-in' if origin.kind == 'built in' else origin} ({where})"
@@ -82,8 +99,12 @@ def _register(table: dict[str, Entry], kind: str, name: str, in_default_sweep: b
         origin = plugins.origin_of(getattr(factory, "__module__", None))
         if name in table:
             old = table[name]
-            if _identity(old.factory) == _identity(factory):
-                return factory                 # the same code registered again: keep the first
+            if same_code(old.factory, factory):
+                # the same code registered again: a no-op, except that an installed distribution's
+                # name and version, when it comes, is the origin its rows record
+                if origin.kind == "distribution" and old.origin.kind != "distribution" and old.origin != BUILT_IN:
+                    table[name] = dataclasses.replace(old, origin=origin)
+                return factory
             raise RegistryClash(
                 f"{kind} {name!r} of {_describe(origin, factory)} clashes with {kind} {name!r} of "
                 f"{_describe(old.origin, old.factory)}; rename one of them")

@@ -117,7 +117,7 @@ def study(name: str, title: str, summary: str):
         origin = plugins.origin_of(getattr(run, "__module__", None))
         if name in _STUDIES:
             old = _STUDIES[name]
-            if registry._identity(old.run) == registry._identity(run):
+            if registry.same_code(old.run, run):
                 return run
             raise registry.RegistryClash(
                 f"study {name!r} of {registry._describe(origin, run)} clashes with study {name!r} of "
