@@ -311,3 +311,55 @@ def test_installed_plugins_own_tests_pass(installed):
     done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(EXAMPLE / "tests")],
                           capture_output=True, text=True, env=installed, cwd=EXAMPLE)
     assert done.returncode == 0, done.stdout[-2000:]
+
+
+# ---------------------------------------------------------------------------------------------
+# asv run --quick: the plugin's cells are benchmarked, with no edit to benchmarks/
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("how", ["files", "entry points"])
+def test_asv_quick_run_benchmarks_the_plugins_cells(how, tmp_path, request):
+    """``asv run --python=same --quick`` of this commit in this environment (no virtualenv built),
+    the plugin given by $GRADNOISE_PLUGINS or installed with its entry points."""
+    import json
+
+    extra = ({plugins.ENV: os.pathsep.join(map(str, FILES[:2]))} if how == "files"
+             else request.getfixturevalue("installed"))
+    config = tmp_path / "asv.conf.json"
+    from asv import util as asv_util
+
+    settings = asv_util.load_json(str(ROOT / "asv.conf.json"), js_comments=True)     # the suite's, its output moved
+    config.write_text(json.dumps({
+        **settings, "repo": str(ROOT), "benchmark_dir": str(ROOT / "benchmarks"), "env_dir": str(tmp_path / "env"),
+        "results_dir": str(tmp_path / "results"), "html_dir": str(tmp_path / "html"),
+        }))
+    asv = [sys.executable, "-m", "asv", "--config", str(config)]
+    # asv drops PYTHONPATH from the benchmarks' environment and reads ASV_PYTHONPATH instead
+    environ = env(**extra) if how == "files" else {**extra, "ASV_PYTHONPATH": extra["PYTHONPATH"]}
+    subprocess.run([*asv, "machine", "--yes", "--machine", "gn-plugin-test"], check=True, capture_output=True,
+                   env=environ, cwd=tmp_path)
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT, check=True).stdout.strip()
+    done = subprocess.run([*asv, "run", "--python=same", "--quick", "--set-commit-hash", commit, "--machine",
+                           "gn-plugin-test", "--bench", r"timing.TimeOneEstimate.*exponential-quadratic, reinforce-split"],
+                          capture_output=True, text=True, env=environ, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    [results] = [p for p in (tmp_path / "results" / "gn-plugin-test").glob("*.json") if p.name != "machine.json"]
+    data = json.loads(results.read_text())
+    times, params = data["results"]["timing.TimeOneEstimate.time_one_estimate"][:2]
+    timed = {label: t for label, t in zip(params[0], times) if t == t}         # not NaN: run
+    assert set(timed) == {"'exponential-quadratic, reinforce-split, 10'", "'exponential-quadratic, reinforce-split, 100'"}
+    assert all(0 < t < 10 for t in timed.values())
+
+
+def test_a_script_without_a_main_guard_is_told_so(tmp_path):
+    script = write(tmp_path / "no_guard.py", """
+        import gradnoise as gn
+        from gradnoise.cluster import open_client
+        with open_client(workers=1) as client:
+            gn.measure("gaussian-cos", ["reinforce"], [2], replicates=20, client=client)
+    """)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env(), cwd=tmp_path,
+                          timeout=300)
+    assert done.returncode != 0
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("ValueError: the local Dask workers failed to start (RuntimeError: Nanny failed to start.)")
+    assert f"{script} runs again in each worker process" in last and 'if __name__ == "__main__":' in last
