@@ -131,6 +131,18 @@ def _is_file(spec: str) -> bool:
     return spec.endswith(".py") or os.sep in spec or (os.altsep is not None and os.altsep in spec)
 
 
+#: ``forget(origin)`` of every registry (estimators and problems; studies add theirs): called when
+#: a plugin's import fails, so that no half-registered plugin stays
+FORGET: list = []
+
+
+def _forget(origin: Origin) -> None:
+    from . import registry
+
+    for forget in [registry.forget, *FORGET]:
+        forget(origin)
+
+
 @contextlib.contextmanager
 def _loading(origin: Origin, label: str):
     from . import registry
@@ -138,14 +150,11 @@ def _loading(origin: Origin, label: str):
     token = _LOADING.set(origin)
     try:
         yield
-    except registry.RegistryClash:
-        registry.forget(origin)
-        raise
-    except PluginError:
-        registry.forget(origin)
+    except (registry.RegistryClash, PluginError):
+        _forget(origin)
         raise
     except Exception as err:                     # any error of the plugin's own import is its error
-        registry.forget(origin)                  # no half-registered plugin
+        _forget(origin)                          # no half-registered plugin
         raise PluginError(f"plugin {label} failed to import ({type(err).__name__}: {err})") from err
     finally:
         _LOADING.reset(token)

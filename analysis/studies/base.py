@@ -128,6 +128,14 @@ def study(name: str, title: str, summary: str):
     return decorator
 
 
+def _forget(origin: plugins.Origin) -> None:
+    for name in [n for n, s in _STUDIES.items() if s.origin == origin]:
+        del _STUDIES[name]
+
+
+plugins.FORGET.append(_forget)      # a plugin that fails to import leaves no study behind
+
+
 def _ensure_plugins() -> None:
     plugins.ensure_loaded(*plugins.GROUPS)
 
