@@ -280,7 +280,11 @@ def installed(tmp_path_factory):
     target = tmp_path_factory.mktemp("site")
     build = tmp_path_factory.mktemp("build")
     shutil.copytree(EXAMPLE, build / "plugin")       # pip builds in the source folder: keep the tree clean
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+    import importlib.util
+
+    # setuptools of this environment when it has one (no download), else pip's isolated build
+    isolation = ["--no-build-isolation"] if importlib.util.find_spec("setuptools") else []
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", *isolation,
                     "--target", str(target), str(build / "plugin")], check=True, capture_output=True)
     return env(PYTHONPATH=str(target))
 
