@@ -55,9 +55,9 @@ def write(path: Path, text: str) -> Path:
 
 
 def env(**extra) -> dict:
-    out = {**os.environ, "OMP_NUM_THREADS": "1", **extra}
-    out.pop(plugins.ENV, None) if plugins.ENV not in extra else None
-    return out
+    """This process's environment for a subprocess: one thread, no plugins but those in ``extra``."""
+    out = {k: v for k, v in os.environ.items() if k != plugins.ENV}
+    return {**out, "OMP_NUM_THREADS": "1", **extra}
 
 
 def run(*args, **kwargs) -> subprocess.CompletedProcess:
@@ -274,19 +274,48 @@ def test_asv_grid_takes_plugins_and_keeps_the_builtins_bias_threshold():
 # ---------------------------------------------------------------------------------------------
 # Installed with its entry points
 # ---------------------------------------------------------------------------------------------
+def pip_install(source: Path, target: Path) -> None:
+    """``pip install --no-deps --target`` of a copy of ``source`` (pip builds in the source folder)."""
+    import importlib.util
+
+    build = target.parent / f"build-{source.name}"
+    shutil.copytree(source, build)
+    # setuptools of this environment when it has one (no download), else pip's isolated build
+    isolation = ["--no-build-isolation"] if importlib.util.find_spec("setuptools") else []
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", *isolation, "--target", str(target),
+                    str(build)], check=True, capture_output=True)
+
+
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory):
     """The example plugin installed (no dependencies: gradnoise is this one) into a folder of its own."""
-    target = tmp_path_factory.mktemp("site")
-    build = tmp_path_factory.mktemp("build")
-    shutil.copytree(EXAMPLE, build / "plugin")       # pip builds in the source folder: keep the tree clean
-    import importlib.util
-
-    # setuptools of this environment when it has one (no download), else pip's isolated build
-    isolation = ["--no-build-isolation"] if importlib.util.find_spec("setuptools") else []
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", *isolation,
-                    "--target", str(target), str(build / "plugin")], check=True, capture_output=True)
+    target = tmp_path_factory.mktemp("site") / "site"
+    pip_install(EXAMPLE, target)
     return env(PYTHONPATH=str(target))
+
+
+def test_a_broken_installed_plugin_is_one_line_and_the_rest_works(installed, tmp_path):
+    source = tmp_path / "broken"
+    (source / "gn18_broken").mkdir(parents=True)
+    write(source / "pyproject.toml", """
+        [project]
+        name = "gn18-broken-plugin"
+        version = "0.3.0"
+        [project.entry-points."gradnoise.estimators"]
+        broken = "gn18_broken.estimators"
+        [tool.setuptools]
+        packages = ["gn18_broken"]
+    """)
+    write(source / "gn18_broken" / "__init__.py", "")
+    write(source / "gn18_broken" / "estimators.py", "raise RuntimeError('deliberately broken')\n")
+    target = tmp_path / "site"
+    pip_install(source, target)
+    both = {**installed, "PYTHONPATH": os.pathsep.join([installed["PYTHONPATH"], str(target)])}
+    out = run("list", env=both)
+    assert out.returncode == 0 and "reinforce-split" in out.stdout and "reinforce-loo" in out.stdout
+    assert out.stderr.strip().splitlines() == [
+        "gradnoise: plugin gn18-broken-plugin 0.3.0 (gn18_broken.estimators) failed to import "
+        "(RuntimeError: deliberately broken); its names are unavailable"]
 
 
 def test_installed_plugin_is_listed_with_its_distribution(installed):
