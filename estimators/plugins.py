@@ -200,17 +200,19 @@ def load(spec: str, origin: Origin | None = None) -> str:
         return spec
     top = spec.split(".")[0]
     origin = origin or Origin("plugin module", spec)
-    already = spec in sys.modules
+    already, known = spec in sys.modules, top in _PACKAGES
     _PACKAGES.add(top)                   # hashed by source from now on, its own registration included
     _clear_provenance_cache()
-    with _loading(origin, f"module {spec!r}" if origin.kind != "distribution" else f"{origin} ({spec})"):
-        if already:          # imported before by the user's own code: its names are already registered
-            module = sys.modules[spec]
-        else:
-            module = importlib.import_module(spec)
+    try:
+        with _loading(origin, f"module {spec!r}" if origin.kind != "distribution" else f"{origin} ({spec})"):
+            # imported before by the user's own code: its names are registered already
+            module = sys.modules[spec] if already else importlib.import_module(spec)
+    except Exception:
+        if not known:
+            _PACKAGES.discard(top)
+            _clear_provenance_cache()
+        raise
     _LOADED[spec] = module.__name__
-    _PACKAGES.add(top)
-    _clear_provenance_cache()
     return module.__name__
 
 
