@@ -99,7 +99,7 @@ class RelaxedControlVariate(DiscreteEstimator):
     amortised_prepare = True
 
     def __init__(self, eta: float = 1.0, temperature: float = 0.5, adapt: bool = True,
-                 warmup: int = 100, lr: float = 0.01):
+                 warmup: int = 20, lr: float = 0.01):
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         if not math.isfinite(eta):
@@ -269,13 +269,13 @@ class RELAX(RelaxedControlVariate):
 
 
 @register_estimator("rebar")
-def rebar(*, eta: float = 1.0, temperature: float = 0.5, adapt: bool = True, warmup: int = 100, lr: float = 0.01):
+def rebar(*, eta: float = 1.0, temperature: float = 0.5, adapt: bool = True, warmup: int = 20, lr: float = 0.01):
     """REBAR (Tucker et al. 2017): REINFORCE with the relaxed, conditionally reparameterised control variate eta f(sigma(z/temperature)), Bernoulli latents; unbiased; 3n evaluations (warm-up not counted)."""
     return REBAR(eta=eta, temperature=temperature, adapt=adapt, warmup=warmup, lr=lr)
 
 
 @register_estimator("relax")
 def relax(*, hidden: int = 10, eta: float = 1.0, temperature: float = 0.5, adapt: bool = True,
-          warmup: int = 100, lr: float = 0.01):
+          warmup: int = 20, lr: float = 0.01):
     """RELAX (Grathwohl et al. 2018): REBAR's control variate plus a learned MLP surrogate, Bernoulli latents; unbiased; 3n evaluations (warm-up not counted)."""
     return RELAX(hidden=hidden, eta=eta, temperature=temperature, adapt=adapt, warmup=warmup, lr=lr)

@@ -56,7 +56,7 @@ from .discrete import DiscreteEstimator, describe
 from .registry import register_estimator
 
 #: the largest set (budget n) whose probabilities are computed exactly
-MAX_SET = 12
+MAX_SET = 8
 
 
 @functools.lru_cache(maxsize=None)
