@@ -268,6 +268,14 @@ def straight_through(*, temperature: float = 1.0):
     return StraightThrough(temperature)
 
 
+def conditional_logistic(logits: Tensor, b: Tensor, v: Tensor) -> Tensor:
+    r""":math:`\tilde z \sim p(z \mid b)` for :math:`z = \theta + \mathrm{logit}\,u`, reparameterised
+    by ``v`` ~ U(0,1) (see the module docstring); shapes broadcast, ``b`` held fixed."""
+    logit_v = v.log() - torch.log1p(-v)
+    return (b * F.softplus(logit_v + F.softplus(logits))
+            - (1 - b) * F.softplus(-logit_v + F.softplus(-logits)))
+
+
 class GumbelRao(Relaxation):
     r"""Gumbel-Rao: straight-through Rao-Blackwellised over the noise given the sample (Paulus,
     Maddison & Krause 2021).
@@ -286,7 +294,7 @@ class GumbelRao(Relaxation):
     straight-through** (biased exactly as it is; ``unbiased = False``) and variance
     :math:`\mathrm{Var}(\mathbb{E}[\text{ST}\mid b]) + \mathbb{E}[\mathrm{Var}(\text{ST}\mid b)]/k`,
     at most straight-through's (equal at :math:`k = 1`). Conditional noise: Bernoulli, the
-    logistic :math:`\tilde z \sim p(z\mid b)` of :func:`gradnoise.rebar.conditional_logistic`;
+    logistic :math:`\tilde z \sim p(z\mid b)` of :func:`conditional_logistic`;
     categorical, the Gumbels given the argmax (the top one :math:`\log\sum_j e^{\theta_j} -
     \log E_b`, the others truncated below it, :math:`-\log(E_j e^{-\theta_j} + E_b/Z)`,
     :math:`E` standard exponentials; Paulus et al.'s appendix). n cost evaluations (the cost and
@@ -309,7 +317,6 @@ class GumbelRao(Relaxation):
                         < torch.sigmoid(logits)).to(logits.dtype)
             else:
                 hard = OneHotCategorical(logits=logits).sample((n,))
-        from .rebar import conditional_logistic
         with torch.no_grad():
             if isinstance(base, Bernoulli):
                 v = clamp_probs(torch.rand((self.k,) + shape, dtype=logits.dtype, device=logits.device))

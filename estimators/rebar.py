@@ -69,7 +69,6 @@ import math
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch.distributions.utils import clamp_probs
 
@@ -77,19 +76,11 @@ from .base import (
     Estimate, EstimatorNotApplicable, NonFiniteCostError, all_finite, base_distribution,
     evaluate_cost, grad_of,
 )
-from .discrete import DiscreteEstimator
+from .discrete import DiscreteEstimator, conditional_logistic
 from .registry import register_estimator
 
 #: Adam's constants for the control parameters (Kingma & Ba 2015's defaults)
 BETAS, ADAM_EPS = (0.9, 0.999), 1e-8
-
-
-def conditional_logistic(logits: Tensor, b: Tensor, v: Tensor) -> Tensor:
-    r""":math:`\tilde z \sim p(z \mid b)` for :math:`z = \theta + \mathrm{logit}\,u`, reparameterised
-    by ``v`` ~ U(0,1) (see the module docstring); shapes broadcast, ``b`` held fixed."""
-    logit_v = v.log() - torch.log1p(-v)
-    return (b * F.softplus(logit_v + F.softplus(logits))
-            - (1 - b) * F.softplus(-logit_v + F.softplus(-logits)))
 
 
 class RelaxedControlVariate(DiscreteEstimator):
