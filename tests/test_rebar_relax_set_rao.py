@@ -281,6 +281,20 @@ def test_unordered_set_matches_its_enumerated_mean_and_variance():
     assert not rejected.any(), rows
 
 
+def test_unordered_set_on_index_categoricals_is_the_one_hot_estimate():
+    """A Categorical (class indices) with the cost c[x] gives the same numbers as categorical-toy
+    (one-hot, cost c.x) on the same stream: the same sets, costs and weights."""
+    one_hot = gn.make_problem("categorical-toy:k=5")
+    costs = one_hot.costs
+    index = gn.ExpectationProblem(lambda logits: torch.distributions.Categorical(logits=logits),
+                                  {"logits": one_hot.params["logits"]}, lambda x: costs[x], name="categorical-index")
+    est = gn.get_estimator("unordered-set")
+    a = gn.engine.block_estimates(index, est, 3, 500, 11)[0]["logits"]
+    b = gn.engine.block_estimates(one_hot, est, 3, 500, 11)[0]["logits"]
+    torch.testing.assert_close(a, b)
+    assert not torch.equal(a, gn.engine.block_estimates(one_hot, est, 3, 500, 12)[0]["logits"])
+
+
 def test_unordered_set_over_the_whole_support_is_exact():
     prob = gn.make_problem("categorical-toy:k=3")
     g, _ = replicate_estimates(prob, gn.get_estimator("unordered-set"), 3, 100, SEED)
