@@ -39,8 +39,9 @@ dependence (as in :mod:`gradnoise.discrete`).
 RELAX; one set per replicate, in the estimator's state) follow Adam steps down the gradient of
 :math:`\sum \hat g^2` (the sum over every coordinate of every parameter), which is the gradient
 of the estimate's variance because its mean does not depend on them. That gradient is taken
-through the estimate (``grad_of(..., create_graph=True)``) in :meth:`estimate` and applied in
-:meth:`adapt`, so a training loop's ``step`` adapts them, and a frozen-point measurement first
+through the estimate (``grad_of(..., create_graph=True)``): :meth:`estimate` leaves it in
+``Estimate.aux`` as a function that :meth:`adapt` calls (so a measured estimate, which nothing
+adapts after, skips that second backward pass), and :meth:`adapt` applies it, so a training loop's ``step`` adapts them, and a frozen-point measurement first
 runs ``warmup`` such steps at the point (amortised: left out of ``cost_evals`` and of the time,
 as ``reinforce-ema``'s warm-up). With ``adapt=false`` the control parameters stay at their
 initial values (``eta``, ``temperature``; RELAX's :math:`\psi` drawn in :meth:`init` from the
@@ -48,7 +49,8 @@ engine's stream), no warm-up runs and the double backward pass is skipped.
 
 **Cost.** Per sample: :math:`f(b)` once and the relaxed cost twice (at :math:`\sigma_\lambda(z)`
 and :math:`\sigma_\lambda(\tilde z)`): ``cost_evals = 3n``, counting a relaxed evaluation as
-one. An adapting estimate also takes a second backward pass (not a cost evaluation).
+one. An adapting estimate keeps its gradient's graph (``create_graph``), and each adapt step
+takes a second backward pass through it (not a cost evaluation).
 
 The cost must be defined and differentiable on :math:`[0,1]^D` (checked on samples as for the
 pathwise estimators: :meth:`~gradnoise.base.Problem.sample_gradient_reason`); on a model
@@ -65,6 +67,7 @@ control parameters ``(R,)`` (:math:`\psi`: ``(R, D, H)``, ``(R, H)``, ``(R, H)``
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -181,11 +184,9 @@ class RelaxedControlVariate(DiscreteEstimator):
         surrogate = ((f.detach() - c_tilde) * dist.log_prob(b) + c_z - reparam_tilde + f).mean(0)
         grads = grad_of(surrogate, params, create_graph=adapting)
         aux = None
-        if adapting:
+        if adapting:   # the second backward pass runs only if adapt asks for it (not for a measured estimate)
             proxy = sum(g.square().reshape(g.shape[0], -1).sum(1) for g in grads.values())   # (R,)
-            names = list(controls)
-            d = torch.autograd.grad(proxy.sum(), [controls[k] for k in names], allow_unused=True)
-            aux = {k: torch.zeros_like(controls[k]) if g is None else g.detach() for k, g in zip(names, d)}
+            aux = functools.partial(_control_gradients, proxy, controls)
         return Estimate({k: g.detach() for k, g in grads.items()}, state, aux)
 
     def adapt(self, problem, params, n, estimate):
@@ -194,16 +195,25 @@ class RelaxedControlVariate(DiscreteEstimator):
         state = estimate.state
         if not self.adapting or estimate.aux is None:
             return state
+        grads = estimate.aux()
         t = state["t"] + 1
         new = {"controls": {}, "m": {}, "v": {}, "t": t}
         for k, x in state["controls"].items():
-            g = estimate.aux[k]
+            g = grads[k]
             m = BETAS[0] * state["m"][k] + (1 - BETAS[0]) * g
             v = BETAS[1] * state["v"][k] + (1 - BETAS[1]) * g.square()
             m_hat, v_hat = m / (1 - BETAS[0] ** t), v / (1 - BETAS[1] ** t)
             new["controls"][k] = x - self.lr * m_hat / (v_hat.sqrt() + ADAM_EPS)
             new["m"][k], new["v"][k] = m, v
         return new
+
+
+def _control_gradients(proxy: Tensor, controls: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The gradient of ``proxy.sum()`` (the estimate's squared norm per replicate, ``(R,)``) with
+    respect to each control parameter (zeros where it does not depend on one)."""
+    names = list(controls)
+    grads = torch.autograd.grad(proxy.sum(), [controls[k] for k in names], allow_unused=True)
+    return {k: torch.zeros_like(controls[k]) if g is None else g.detach() for k, g in zip(names, grads)}
 
 
 def _expand(per_replicate: Tensor, like: Tensor) -> Tensor:

@@ -209,6 +209,14 @@ def test_control_parameters_move_in_training_and_the_estimate_stays_unbiased(est
     assert ok, f"smallest p-value {pmin:.2e}"
 
 
+@pytest.mark.parametrize("estimator", ["rebar", "relax"])
+def test_the_warm_up_is_reproducible_and_changes_the_estimate(estimator):
+    prob = gn.make_problem("bernoulli-toy:theta=0.5,t=0.2")
+    one, two = (gn.engine.block_estimates(prob, gn.get_estimator(estimator), 2, 300, 5)[0] for _ in range(2))
+    cold = gn.engine.block_estimates(prob, gn.get_estimator(f"{estimator}:warmup=0"), 2, 300, 5)[0]
+    assert torch.equal(one["logits"], two["logits"]) and not torch.equal(one["logits"], cold["logits"])
+
+
 # ---------------------------------------------------------------------------------------------
 # unordered-set: exact mean and variance by enumerating ordered samples without replacement
 # ---------------------------------------------------------------------------------------------
