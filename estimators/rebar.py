@@ -55,7 +55,7 @@ takes a second backward pass through it (not a cost evaluation).
 The cost must be defined and differentiable on :math:`[0,1]^D` (checked on samples as for the
 pathwise estimators: :meth:`~gradnoise.base.Problem.sample_gradient_reason`); on a model
 problem it is the discrete ELBO integrand :math:`\log p_\theta(x, b) - \log q_\phi(b \mid x)`
-at the relaxed :math:`b`, as in Tucker et al.'s code.
+at the relaxed :math:`b` (Bernoulli log-probabilities are defined for b in [0, 1]).
 
 References: Tucker, Mnih, Maddison, Lawson & Sohl-Dickstein (2017), "REBAR: low-variance,
 unbiased gradient estimates for discrete latent variable models", NeurIPS; Grathwohl, Choi, Wu,
