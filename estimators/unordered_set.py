@@ -168,6 +168,6 @@ class UnorderedSet(DiscreteEstimator):
 
 @register_estimator("unordered-set")
 def unordered_set():
-    """Unordered-set estimator with built-in baseline (Kool et al. 2020): N distinct classes by Gumbel-top-k, one categorical latent, 2 <= N <= classes; unbiased; N evaluations."""
+    """Unordered-set estimator with built-in baseline (Kool et al. 2020): N distinct classes by Gumbel-top-k, one categorical latent, 2 <= N <= min(classes, 8); unbiased; N evaluations."""
     return UnorderedSet()
 
