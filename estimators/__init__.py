@@ -18,7 +18,7 @@ from .registry import (
 from . import score_function, pathwise, importance_weighted  # noqa: F401  (fill the registry)
 from . import vimco  # noqa: F401  (fill the registry)
 from . import measure_valued, control_variates  # noqa: F401  (fill the registry)
-from . import discrete  # noqa: F401  (fill the registry)
+from . import discrete, rebar, unordered_set  # noqa: F401  (fill the registry)
 from .baselines import Baseline, LeaveOneOut, MovingAverage, OptimalConstant
 from .score_function import ScoreFunction
 from .pathwise import Pathwise
@@ -27,7 +27,9 @@ from .vimco import VIMCO
 from .problems import (
     BernoulliProblem, DigitsVAE, ExpectationProblem, LinearGaussianVAE, ModelProblem, StoppedScoreTerm,
 )
-from .discrete import ARM, DisARM, GumbelSoftmax, StraightThrough
+from .discrete import ARM, DisARM, GumbelRao, GumbelSoftmax, StraightThrough
+from .rebar import REBAR, RELAX
+from .unordered_set import UnorderedSet
 from .engine import COLUMNS, cell_seed, measure, measure_cell, replicate_estimates, summarise_estimates
 
 __all__ = [
@@ -38,5 +40,6 @@ __all__ = [
     "measure_cell", "parse_spec", "problem_names", "register_estimator", "register_problem",
     "replicate", "replicate_estimates", "summarise_estimates",
     "DoublyReparameterised", "StickingTheLanding", "VIMCO", "DigitsVAE",
-    "ARM", "DisARM", "GumbelSoftmax", "StraightThrough", "BernoulliProblem", "StoppedScoreTerm",
+    "ARM", "DisARM", "GumbelRao", "GumbelSoftmax", "StraightThrough", "BernoulliProblem", "StoppedScoreTerm",
+    "REBAR", "RELAX", "UnorderedSet",
 ]
