@@ -29,6 +29,7 @@ from .problems import (
 )
 from .discrete import ARM, DisARM, GumbelSoftmax, StraightThrough
 from .engine import COLUMNS, cell_seed, measure, measure_cell, replicate_estimates, summarise_estimates
+from .training import TRAIN_COLUMNS, train
 
 __all__ = [
     "Baseline", "COLUMNS", "EstimatorNotApplicable", "ExpectationProblem", "GradientEstimator",
@@ -36,7 +37,7 @@ __all__ = [
     "NonFiniteCostError", "Objective", "OptimalConstant", "Pathwise", "Problem", "ScoreFunction",
     "Truth", "cell_seed", "estimator_names", "get_estimator", "grad_of", "make_problem", "measure",
     "measure_cell", "parse_spec", "problem_names", "register_estimator", "register_problem",
-    "replicate", "replicate_estimates", "summarise_estimates",
+    "replicate", "replicate_estimates", "summarise_estimates", "TRAIN_COLUMNS", "train",
     "DoublyReparameterised", "StickingTheLanding", "VIMCO", "DigitsVAE",
     "ARM", "DisARM", "GumbelSoftmax", "StraightThrough", "BernoulliProblem", "StoppedScoreTerm",
 ]
