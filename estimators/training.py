@@ -405,7 +405,7 @@ def reusable_rows(previous: pd.DataFrame | None, run: Run, settings: TrainSettin
     mask = np.ones(len(previous), dtype=bool)
     for k, v in key.items():
         column = previous[k]
-        mask &= (column.fillna("").astype(str) == str(v)).to_numpy() if isinstance(v, str) else \
+        mask &= (column.astype(object).where(column.notna(), "").astype(str) == str(v)).to_numpy() if isinstance(v, str) else \
             np.isclose(column.astype(float).to_numpy(), float(v), rtol=0, atol=0)
     rows = previous[mask]
     steps = sorted({0, settings.steps, *range(settings.eval_every, settings.steps + 1, settings.eval_every)})
