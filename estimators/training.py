@@ -133,12 +133,13 @@ def seed_groups(seeds: int, seed_group: int) -> list[tuple[int, int, int]]:
     return [(g, first, min(seed_group, seeds - first)) for g, first in enumerate(range(0, seeds, seed_group))]
 
 
-def make_optimiser(name: str, params: list[Tensor], lr: float) -> torch.optim.Optimizer:
-    """``torch.optim.Adam`` (its defaults but ``lr``) or ``torch.optim.SGD`` (plain, ``lr``)."""
+def make_optimiser(name: str, params: list[Tensor], lr: float, *, maximize: bool = False) -> torch.optim.Optimizer:
+    """``torch.optim.Adam`` (its defaults but ``lr``) or ``torch.optim.SGD`` (plain, ``lr``);
+    ``maximize``: ascend the gradient (torch negates it inside the step, as minimising its negative)."""
     if name == "adam":
-        return torch.optim.Adam(params, lr=lr)
+        return torch.optim.Adam(params, lr=lr, maximize=maximize)
     if name == "sgd":
-        return torch.optim.SGD(params, lr=lr)
+        return torch.optim.SGD(params, lr=lr, maximize=maximize)
     raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
 
 
@@ -225,7 +226,7 @@ def train_group(problem: Problem, estimator: GradientEstimator, budget: int, set
     estimator with ``init_each_step``), ``step`` (= estimate + ``adapt``: an adaptive estimator
     adapts every step), the gradient :math:`s\,\hat g` (:math:`s = +1` on expectation problems,
     :math:`-1` on model problems, whose estimators estimate :math:`\nabla` ELBO) handed to the
-    optimiser (Adam and SGD act elementwise, so each row is its own run). Rows at step 0, every
+    optimiser (``maximize`` on model problems; Adam and SGD act elementwise, so each row is its own run). Rows at step 0, every
     ``eval_every`` steps and the last. Returns the rows (:data:`TRAIN_COLUMNS`, ``param:`` and
     ``basket:`` columns)."""
     from .engine import replicate_estimates, seeded
@@ -238,7 +239,8 @@ def train_group(problem: Problem, estimator: GradientEstimator, budget: int, set
     name = objective_name(problem, objective)
     stream = group_seed(settings, problem, estimator, budget, group)
     params = {k: v.detach().expand(size, *v.shape).clone().requires_grad_(True) for k, v in problem.params.items()}
-    optimiser = make_optimiser(settings.optimizer, list(params.values()), settings.lr)
+    # model problems: the estimates are of the ELBO's gradient, ascended (= -ELBO minimised)
+    optimiser = make_optimiser(settings.optimizer, list(params.values()), settings.lr, maximize=sign == -1.0)
     per_step = estimator.cost_evals_for(problem, budget)
     # evaluations of a once-only init: the amortised warm-up's, less its steps (an EMA's first batch)
     init_evals = 0 if estimator.init_each_step else max(
@@ -294,18 +296,16 @@ def train_group(problem: Problem, estimator: GradientEstimator, budget: int, set
             est = estimator.step(problem, leaves, budget, state)
             state = est.state
             for k, p in params.items():
-                g = est.grads[k].detach()
-                if not all_finite(g):
-                    raise NonFiniteCostError(f"{where}: the gradient estimate of {k!r} is NaN or inf at step {t}")
-                p.grad = g if sign == 1.0 else -g
+                p.grad = est.grads[k].detach()
             optimiser.step()
             seconds += time.perf_counter() - start
             evals += per_step
             if t % settings.eval_every == 0 or t == settings.steps:
+                # a NaN or inf estimate makes the parameters NaN: checked where they are recorded
                 for k, p in params.items():
                     if not all_finite(p):
-                        raise NonFiniteCostError(f"{where}: parameter {k!r} became NaN or inf at step {t} "
-                                                 f"(lr {settings.lr} too large?)")
+                        raise NonFiniteCostError(f"{where}: parameter {k!r} became NaN or inf by step {t} "
+                                                 f"(a NaN or inf gradient estimate, or lr {settings.lr} too large?)")
                 record(t, evals, seconds)
     return rows
 
