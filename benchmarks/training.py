@@ -29,7 +29,7 @@ import math
 import gradnoise
 from .common import label_of, one_thread, problem
 
-STEPS = 300
+STEPS = 200
 SEEDS = 10
 EVALS_PER_STEP = 4
 SEED = 0
