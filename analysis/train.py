@@ -212,8 +212,17 @@ def draw_variance(df: pd.DataFrame, path: Path) -> str | None:
 
 def write_report(df: pd.DataFrame, out_dir: str | os.PathLike, *, target: float | None = None,
                  title: str = "Training runs") -> str:
-    """``train.md`` and the figures for the rows ``df`` (:data:`gradnoise.training.TRAIN_COLUMNS`);
-    returns the markdown text."""
+    """``train.md`` and the figures (:func:`report_text`) for the rows ``df``; returns the text."""
+    text = report_text(df, out_dir, target=target, title=title)
+    atomic_write_markdown(Path(out_dir) / "train.md", text, COMMAND)
+    return text
+
+
+def report_text(df: pd.DataFrame, out_dir: str | os.PathLike, *, target: float | None = None,
+                title: str = "Training runs") -> str:
+    """The figures (:data:`FIGURES`, written into ``out_dir``) and the markdown of the report for
+    the rows ``df`` (:data:`gradnoise.training.TRAIN_COLUMNS`): final objective, pairwise tests,
+    evaluations to the target."""
     out = Path(out_dir)
     finals = final_table(df)
     pairs = pairwise(df)
@@ -242,9 +251,7 @@ def write_report(df: pd.DataFrame, out_dir: str | os.PathLike, *, target: float 
               markdown_table(reach.assign(target=[fmt(v) for v in reach["target"]],
                                           median_evals=[fmt(v) for v in reach["median_evals"]])), ""]
     lines += ["## Figures", ""] + [f"![{f}]({f})" for f in figures if f] + [""]
-    text = "\n".join(lines)
-    atomic_write_markdown(out / "train.md", text, COMMAND)
-    return text
+    return "\n".join(lines)
 
 
 def positive_float(text: str) -> float:
