@@ -17,6 +17,10 @@ report:
 * evaluations to reach a target objective (given, or halfway from the starting objective to the
   best final mean): per seed the first recorded ``cost_evals`` at or below it; the median over
   the seeds that reached it, and how many did.
+
+``train.csv`` keeps the rows of other runs already in it (the union; a run is a problem,
+estimator, N and seed, and a new run of one replaces its rows); ``train.md`` and the figures are
+this command's runs.
 """
 from __future__ import annotations
 
@@ -304,7 +308,9 @@ def run_train(args: argparse.Namespace) -> int:
                           evals_per_step=args.evals_per_step, basket=basket, seed_group=args.seed_group,
                           device=args.device, threads=args.threads, client=client, progress=not args.quiet,
                           previous=previous, on_run=on_run)
-        atomic_write_csv(df, csv)               # this experiment's rows, in run order
+        # this experiment's rows in run order, then the file's rows of other runs (the union)
+        atomic_write_csv(pd.concat([df, _others(kept, df)], ignore_index=True)
+                         if kept is not None and len(kept) else df, csv)
         write_report(df, out, target=args.target)
     outputs.record()
     print(f"trained {counts['computed']} seed groups, reused {counts['reused']} computed by the same code; "
