@@ -180,7 +180,7 @@ def draw_objective(df: pd.DataFrame, path: Path) -> str:
                 ax.fill_between(h[x], h["objective_low"], h["objective_high"], color=colour, alpha=0.2, lw=0)
             ax.set_xlabel({"step": "step", "cost_evals": "cost evaluations", "seconds": "seconds (steps only)"}[x])
             ax.set_ylabel(df["objective_name"].iloc[0])
-            ax.set_title(problem.split("@")[0], fontsize=8)
+            ax.set_title(problem.split(":")[0].split("@")[0], fontsize=8)
         axes[row][0].legend(fontsize=7)
     return save_figure(fig, path)
 
