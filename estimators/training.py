@@ -25,7 +25,7 @@ import hashlib
 import math
 import numbers
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 from . import provenance
-from .base import (EstimatorNotApplicable, GradientEstimator, NonFiniteCostError, Objective, Problem,
+from .base import (GradientEstimator, NonFiniteCostError, Objective, Problem,
                    all_finite, forked_stream, replicate, sample_detached)
 from .registry import get_estimator, make_problem
 

@@ -4,7 +4,6 @@ bit for bit; runs are bitwise reproducible and independent of order and of Dask 
 evaluation budgets hold; resume reuses only same-code runs; bad input is one line."""
 from __future__ import annotations
 
-import math
 import sys
 
 import numpy as np
