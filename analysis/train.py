@@ -8,7 +8,7 @@ complete and were computed by the same code with the same settings) and reads th
 report:
 
 * figures: the objective against steps, evaluations and seconds, the mean over seeds with a 95%
-  band (Student t over seeds); the variance along the trajectory (geometric mean over seeds);
+  band (Student t over seeds); the variance along the trajectory (median over seeds);
   with ``--basket``, one figure per driving estimator: each basket estimator's variance at the
   driver's parameters;
 * a table of the final objective per estimator with its 95% interval over seeds;
@@ -83,7 +83,7 @@ def mean_interval(values, level: float = LEVEL) -> tuple[float, float, float]:
 
 def curves(df: pd.DataFrame) -> pd.DataFrame:
     """Per (problem, estimator, step): the mean objective over seeds with its 95% band, the mean
-    evaluations and seconds, the geometric mean of the variance over seeds."""
+    evaluations and seconds, the median of the variance over seeds."""
     out = []
     for (problem, estimator, step), g in df.groupby(["problem", "estimator", "step"], sort=False):
         mean, low, high = mean_interval(g["objective"])
@@ -91,7 +91,7 @@ def curves(df: pd.DataFrame) -> pd.DataFrame:
         out.append({"problem": problem, "estimator": estimator, "step": step, "seeds": len(g),
                     "cost_evals": g["cost_evals"].mean(), "seconds": g["seconds"].mean(),
                     "objective": mean, "objective_low": low, "objective_high": high,
-                    "variance": float(np.exp(np.log(var).mean())) if var.notna().all() and (var > 0).all() else math.nan})
+                    "variance": float(var.median())})
     return pd.DataFrame(out)
 
 
@@ -185,30 +185,31 @@ def draw_objective(df: pd.DataFrame, path: Path) -> str:
 
 
 def draw_variance(df: pd.DataFrame, path: Path) -> str | None:
-    """The variance along the trajectory (geometric mean over seeds, log scale) against steps;
-    basket variances as dashed lines, one panel per driving estimator."""
+    """The variance along the trajectory against steps: the median over seeds (a variance may be
+    exactly 0: DisARM's on one Bernoulli at theta = 0), log scale, one panel per problem; with a
+    basket one panel per problem and driving estimator, the basket's variances dashed."""
     from .plot import estimator_style
     from .studies.base import new_figure, save_figure
 
     if df["variance"].isna().all():
         return None
     basket = sorted({c.split(":")[1] for c in df.columns if c.startswith("basket:") and c.endswith(":variance")})
-    groups = list(df.groupby(["problem", "estimator"], sort=False)) if basket else [(None, df)]
+    keys = ["problem", "estimator"] if basket else ["problem"]
+    groups = list(df.groupby(keys, sort=False))
     fig, axes = new_figure(1, len(groups), width=4.4, height=3.2)
     for ax, (key, g) in zip(axes[0], groups):
+        key = key if isinstance(key, tuple) else (key,)
         for estimator, h in g.groupby("estimator", sort=False):
-            m = h.groupby("step")["variance"].apply(lambda v: float(np.exp(np.log(v.clip(lower=1e-300)).mean())))
+            m = h.groupby("step")["variance"].median()
             colour, _ = estimator_style(estimator)
             ax.plot(m.index, m.values, color=colour, label=f"{estimator} (driving)" if basket else estimator)
             for b in basket:
-                mb = h.groupby("step")[f"basket:{b}:variance"].apply(
-                    lambda v: float(np.exp(np.log(v.clip(lower=1e-300)).mean())))
+                mb = h.groupby("step")[f"basket:{b}:variance"].median()
                 ax.plot(mb.index, mb.values, color=estimator_style(b)[0], ls="--", label=b)
         ax.set_yscale("log")
         ax.set_xlabel("step")
-        ax.set_ylabel("variance (trace)")
-        if key is not None:
-            ax.set_title(f"trajectory of {key[1]}", fontsize=8)
+        ax.set_ylabel("variance (trace), median over seeds")
+        ax.set_title(" ".join([key[0].split("@")[0]] + ([f"driven by {key[1]}"] if basket else [])), fontsize=8)
         ax.legend(fontsize=7)
     return save_figure(fig, path)
 
