@@ -247,3 +247,19 @@ def test_holm_adjustment_matches_the_step_down_rule():
     p = np.array([0.01, 0.04, 0.03, 0.005])
     adjusted = train_cli.holm(p)
     np.testing.assert_allclose(adjusted, [0.03, 0.06, 0.06, 0.02])
+
+
+def test_runs_of_unhashable_code_are_never_reused():
+    """An estimator whose code cannot be hashed (a lock among its attributes) has no code version
+    to match: its finished runs are computed anew, while a built-in's are reused."""
+    import threading
+
+    locked = gn.ScoreFunction(gn.LeaveOneOut(), name="locked-loo")
+    locked.lock = threading.Lock()
+    kw = dict(steps=5, lr=0.1, seeds=2, eval_every=5)
+    first = gn.train(TOY, [locked, "reinforce-loo"], 2, **kw)
+    assert first[first["estimator"] == "locked-loo"]["code_version"].str.endswith("estimator:unhashable").all()
+    reused = []
+    gn.train(TOY, [locked, "reinforce-loo"], 2, previous=first, on_run=lambda rows, r: reused.append(
+        (rows[0]["estimator"], r)), **kw)
+    assert sorted(reused) == [("locked-loo", False), ("reinforce-loo", True)]
