@@ -87,7 +87,7 @@ def test_quick_study_writes_the_promised_files(quick_runs, name):
 
 @pytest.mark.parametrize("name, tables", [
     ("toy-training", {"reached.csv": ["problem", "estimator", "seeds", "reached"], "tests.csv": ["part", "p", "p_holm"]}),
-    ("discrete-training", {"tests.csv": ["comparison", "difference", "p", "p_holm"]}),
+    ("discrete-training", {"tests.csv": ["form", "comparison", "difference", "p", "p_holm"]}),
 ])
 def test_training_studies_write_their_runs_tests_and_figures(quick_runs, name, tables):
     from gradnoise.analysis.studies import discrete_training, toy_training
@@ -97,6 +97,9 @@ def test_training_studies_write_their_runs_tests_and_figures(quick_runs, name, t
     assert set(gn.TRAIN_COLUMNS) <= set(runs.columns) and (runs["objective_se"] == 0).all()
     module = toy_training if name == "toy-training" else discrete_training
     assert set(runs["estimator"]) == set(module.ESTIMATORS)
+    if name == "discrete-training":      # the claim's estimators again in the papers' form
+        stopped = runs[runs["problem"].str.contains("score_term=stopped")]
+        assert set(stopped["estimator"]) == set(discrete_training.PAPER_FORM)
     # equal evaluations per step: every estimator has spent the same at every recorded step
     assert runs.groupby("step")["cost_evals"].nunique().eq(1).all()
     for table, columns in tables.items():
