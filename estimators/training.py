@@ -394,12 +394,13 @@ def reusable_rows(previous: pd.DataFrame | None, run: Run, settings: TrainSettin
     if previous is None or previous.empty or not version.reusable:
         return None
     objective = (settings.objective or run.estimator.objective(run.budget)).canonical()
-    key = {"problem": run.problem.spec, "estimator": run.estimator.name, "budget": run.budget,
-           "optimizer": settings.optimizer, "lr": settings.lr, "steps": settings.steps,
-           "eval_every": settings.eval_every, "objective_samples": settings.objective_samples,
-           "variance_replicates": settings.variance_replicates, "base_seed": settings.seed, "group": run.group,
-           "seed_group": settings.seed_group, "basket": ",".join(f"{b.name}@{n}" for b, n in run.basket),
-           "objective_name": objective_name(run.problem, objective)}
+    values = {"problem": run.problem.spec, "estimator": run.estimator.name, "budget": run.budget,
+              "optimizer": settings.optimizer, "lr": settings.lr, "steps": settings.steps,
+              "eval_every": settings.eval_every, "objective_samples": settings.objective_samples,
+              "variance_replicates": settings.variance_replicates, "base_seed": settings.seed, "group": run.group,
+              "seed_group": settings.seed_group, "basket": ",".join(f"{b.name}@{n}" for b, n in run.basket),
+              "objective_name": objective_name(run.problem, objective)}
+    key = {k: values[k] for k in RUN_KEY}
     if any(k not in previous.columns for k in key):
         return None
     mask = np.ones(len(previous), dtype=bool)
