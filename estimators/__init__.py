@@ -31,6 +31,7 @@ from .discrete import ARM, DisARM, GumbelRao, GumbelSoftmax, StraightThrough
 from .rebar import REBAR, RELAX
 from .unordered_set import UnorderedSet
 from .engine import COLUMNS, cell_seed, measure, measure_cell, replicate_estimates, summarise_estimates
+from .training import TRAIN_COLUMNS, train
 
 __all__ = [
     "Baseline", "COLUMNS", "EstimatorNotApplicable", "ExpectationProblem", "GradientEstimator",
@@ -38,7 +39,7 @@ __all__ = [
     "NonFiniteCostError", "Objective", "OptimalConstant", "Pathwise", "Problem", "ScoreFunction",
     "Truth", "cell_seed", "estimator_names", "get_estimator", "grad_of", "make_problem", "measure",
     "measure_cell", "parse_spec", "problem_names", "register_estimator", "register_problem",
-    "replicate", "replicate_estimates", "summarise_estimates",
+    "replicate", "replicate_estimates", "summarise_estimates", "TRAIN_COLUMNS", "train",
     "DoublyReparameterised", "StickingTheLanding", "VIMCO", "DigitsVAE",
     "ARM", "DisARM", "GumbelRao", "GumbelSoftmax", "StraightThrough", "BernoulliProblem", "StoppedScoreTerm",
     "REBAR", "RELAX", "UnorderedSet",
