@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "gradnoise.analysis.compare",
     "gradnoise.analysis.history",
     "gradnoise.analysis.report",
+    "gradnoise.analysis.train",
     "gradnoise.analysis.studies.cli",
 ]
 

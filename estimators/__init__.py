@@ -18,7 +18,7 @@ from .registry import (
 from . import score_function, pathwise, importance_weighted  # noqa: F401  (fill the registry)
 from . import vimco  # noqa: F401  (fill the registry)
 from . import measure_valued, control_variates  # noqa: F401  (fill the registry)
-from . import discrete  # noqa: F401  (fill the registry)
+from . import discrete, rebar, unordered_set  # noqa: F401  (fill the registry)
 from .baselines import Baseline, LeaveOneOut, MovingAverage, OptimalConstant
 from .score_function import ScoreFunction
 from .pathwise import Pathwise
@@ -27,8 +27,11 @@ from .vimco import VIMCO
 from .problems import (
     BernoulliProblem, DigitsVAE, ExpectationProblem, LinearGaussianVAE, ModelProblem, StoppedScoreTerm,
 )
-from .discrete import ARM, DisARM, GumbelSoftmax, StraightThrough
+from .discrete import ARM, DisARM, GumbelRao, GumbelSoftmax, StraightThrough
+from .rebar import REBAR, RELAX
+from .unordered_set import UnorderedSet
 from .engine import COLUMNS, cell_seed, measure, measure_cell, replicate_estimates, summarise_estimates
+from .training import TRAIN_COLUMNS, train
 
 __all__ = [
     "Baseline", "COLUMNS", "EstimatorNotApplicable", "ExpectationProblem", "GradientEstimator",
@@ -36,7 +39,8 @@ __all__ = [
     "NonFiniteCostError", "Objective", "OptimalConstant", "Pathwise", "Problem", "ScoreFunction",
     "Truth", "cell_seed", "estimator_names", "get_estimator", "grad_of", "make_problem", "measure",
     "measure_cell", "parse_spec", "problem_names", "register_estimator", "register_problem",
-    "replicate", "replicate_estimates", "summarise_estimates",
+    "replicate", "replicate_estimates", "summarise_estimates", "TRAIN_COLUMNS", "train",
     "DoublyReparameterised", "StickingTheLanding", "VIMCO", "DigitsVAE",
-    "ARM", "DisARM", "GumbelSoftmax", "StraightThrough", "BernoulliProblem", "StoppedScoreTerm",
+    "ARM", "DisARM", "GumbelRao", "GumbelSoftmax", "StraightThrough", "BernoulliProblem", "StoppedScoreTerm",
+    "REBAR", "RELAX", "UnorderedSet",
 ]

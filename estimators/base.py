@@ -241,6 +241,14 @@ class Problem(abc.ABC):
     @abc.abstractmethod
     def true_gradient(self, objective: Objective = Objective()) -> Truth: ...
 
+    def exact_objective(self, params: Params, objective: Objective = Objective()) -> "tuple[Tensor, str] | None":
+        r"""The objective itself (not its gradient) at ``params`` (unreplicated, the shapes of
+        :attr:`params`), where it is known exactly: :math:`\mathbb{E}_{q_\phi}[f_\phi]` (the ELBO
+        on model problems; ``objective`` its IWAE-K bound) as a 0-dim tensor and how it is known
+        (``"closed-form"`` or ``"enumeration"``), or None where it is not (a training run then
+        estimates it: :func:`gradnoise.training.objective_estimate`). Default: None."""
+        return None
+
     @property
     def name(self) -> str:
         return self.spec.split(":", 1)[0]
@@ -463,6 +471,11 @@ class GradientEstimator(abc.ABC):
     #: True when ``prepare`` is a one-off warm-up that real use amortises over training (an EMA
     #: baseline's); the engine then leaves its time out of ``seconds_per_estimate``.
     amortised_prepare: bool = False
+    #: True when ``init`` is per-estimate work at the current parameters that :meth:`cost_evals`
+    #: counts in every estimate (a pilot batch, a Taylor expansion point): a training loop
+    #: (:func:`gradnoise.training.train`) calls it before every step. False: ``init`` runs once
+    #: and its state is carried from step to step (an EMA baseline, adaptive control parameters).
+    init_each_step: bool = False
 
     def unbiased_at(self, n: int) -> bool:
         """Whether the mean at budget ``n`` equals the true gradient of :meth:`objective`."""

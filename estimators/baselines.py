@@ -46,6 +46,8 @@ class ControlVariate:
 class Baseline(abc.ABC):
     min_budget: int = 1
     amortised: bool = False   # True: ``init`` and the warm-up are work real use spreads over training
+    #: True: ``init`` is part of every estimate (a pilot counted in ``extra_evals``), redone at each training step
+    per_estimate: bool = False
     #: estimates at a frozen point before the measured one, each followed by :meth:`update`
     warmup_steps: int = 0
 
@@ -144,6 +146,8 @@ class OptimalConstant(Baseline):
     ``pilot`` extra evaluations per estimate. Coordinates whose score is identically zero (e.g.
     generative parameters) get :math:`b_d = 0`.
     """
+
+    per_estimate = True
 
     def __init__(self, pilot: int = 0):
         if pilot < 0:

@@ -173,6 +173,9 @@ class DeltaMethod(GradientEstimator):
     batch of ``pilot`` samples (``0``: max(N, 2); otherwise at least 2).
     """
 
+    #: the expansion point and the coefficient (pilot) are per estimate (counted in cost_evals)
+    init_each_step = True
+
     def __init__(self, inner: GradientEstimator, beta: float | None = None, pilot: int = 0,
                  where: str = "the delta method"):
         if pilot < 0 or pilot == 1:

@@ -35,6 +35,7 @@ class ScoreFunction(GradientEstimator):
         self.baseline, self.name = baseline, name
         self.min_budget = baseline.min_budget if baseline else 1
         self.amortised_prepare = bool(baseline and baseline.amortised)
+        self.init_each_step = bool(baseline and baseline.per_estimate)
 
     def cost_evals(self, n):
         return n + (self.baseline.extra_evals(n) if self.baseline else 0)

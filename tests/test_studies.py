@@ -52,7 +52,7 @@ def quick_runs(tmp_path_factory):
 
 def test_the_studies_are_registered():
     assert studies.study_names() == ["vae-vs-reinforce", "iwae-snr", "no-single-winner", "measure-valued",
-                                     "discrete-estimators"]
+                                     "discrete-estimators", "toy-training", "discrete-training"]
     with pytest.raises(KeyError, match="valid studies: vae-vs-reinforce"):
         studies.get_study("no-such-study")
 
@@ -83,6 +83,33 @@ def test_quick_study_writes_the_promised_files(quick_runs, name):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["name"] == name and summary["quick"] is True and summary["headline"] == outcome.headline
     assert summary["held"] in (True, False, None) and summary["wall_seconds"] > 0
+
+
+@pytest.mark.parametrize("name, tables", [
+    ("toy-training", {"reached.csv": ["problem", "estimator", "seeds", "reached"], "tests.csv": ["part", "p", "p_holm"]}),
+    ("discrete-training", {"tests.csv": ["form", "comparison", "difference", "p", "p_holm"]}),
+])
+def test_training_studies_write_their_runs_tests_and_figures(quick_runs, name, tables):
+    from gradnoise.analysis.studies import discrete_training, toy_training
+
+    out, outcome = quick_runs[name]
+    runs = pd.read_csv(out / "train.csv")
+    assert set(gn.TRAIN_COLUMNS) <= set(runs.columns) and (runs["objective_se"] == 0).all()
+    module = toy_training if name == "toy-training" else discrete_training
+    assert set(runs["estimator"]) == set(module.ESTIMATORS)
+    if name == "discrete-training":      # the claim's estimators again in the papers' form
+        stopped = runs[runs["problem"].str.contains("score_term=stopped")]
+        assert set(stopped["estimator"]) == set(discrete_training.PAPER_FORM)
+    # equal evaluations per step: every estimator has spent the same at every recorded step
+    assert runs.groupby("step")["cost_evals"].nunique().eq(1).all()
+    for table, columns in tables.items():
+        df = pd.read_csv(out / table)
+        assert set(columns) <= set(df.columns) and len(df) > 0
+    for figure in outcome.figures:
+        assert (out / figure).read_bytes().startswith(PNG_MAGIC)
+    text = (out / "study.md").read_text()
+    assert all(section in text for section in ("## Claim", "## Verdict", "## Method", "## Results"))
+    assert outcome.verdict_text in text and "results.csv" not in text
 
 
 def test_vae_vs_reinforce_covers_every_checkpoint_budget_and_estimator(quick_runs):

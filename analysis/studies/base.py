@@ -315,7 +315,8 @@ def write_study_md(out_dir: Path, outcome: Outcome, method: str, body: str) -> N
         "",
         "## Files",
         "",
-        "`results.csv` (the sweep's schema), `fits.csv` (power-law fits), "
+        ("`results.csv` (the sweep's schema), `fits.csv` (power-law fits), "
+         if (out_dir / "results.csv").exists() else "")
         + ", ".join(f"`{f}`" for f in sorted(os.listdir(out_dir)) if f.endswith(".csv")
                     and f not in ("results.csv", "fits.csv"))
         + "; figures: " + ", ".join(f"`{f}`" for f in outcome.figures) + ".",

@@ -73,6 +73,20 @@ class ExpectationProblem(Problem):
             self._truths[objective] = self._compute_truth()
         return self._truths[objective]
 
+    def exact_objective(self, params, objective=Objective()):
+        r""":math:`\mathbb{E}_{q}[f]` at ``params``: ``expected_cost`` (closed form) where given, else the
+        exact sum :math:`\sum_x q(x) f(x)` over ``enumerate_support``; None otherwise."""
+        if objective.canonical() != Objective():
+            return None
+        with torch.no_grad():
+            if self.expected_cost is not None:
+                return self.expected_cost(dict(params)), "closed-form"
+            dist = self.distribution(params)
+            if not dist.has_enumerate_support:
+                return None
+            support = dist.enumerate_support(expand=False)
+            return (dist.log_prob(support).exp() * evaluate_cost(self, support, params)).sum(), "enumeration"
+
     def _compute_truth(self) -> Truth:
         if self.expected_cost is not None:
             return autograd_truth(self.expected_cost, self.params, "closed-form")
@@ -122,6 +136,13 @@ class ModelProblem(Problem):
     def cost(self, z, params):
         return self.log_joint(z, params) - self.encoder(params).log_prob(z)
 
+    def exact_objective(self, params, objective=Objective()):
+        """The ELBO at ``params`` by ``elbo`` (closed form) where given; None otherwise (and for IWAE-K)."""
+        if objective.canonical() != Objective() or self.elbo is None:
+            return None
+        with torch.no_grad():
+            return self.elbo(dict(params)), "closed-form"
+
     def true_gradient(self, objective=Objective()):
         objective = objective.canonical()
         if objective not in self._truths:
@@ -170,6 +191,10 @@ class StoppedScoreTerm(Problem):
     def cost(self, z, params):
         frozen = {k: v.detach() for k, v in params.items()}
         return self.problem.log_joint(z, params) - self.problem.distribution(frozen).log_prob(z)
+
+    def exact_objective(self, params, objective=Objective()):
+        """The wrapped problem's (stopping the score term changes no value)."""
+        return self.problem.exact_objective(params, objective)
 
     def true_gradient(self, objective=Objective()):
         if objective.canonical() != Objective():

@@ -95,6 +95,14 @@ class DigitsVAE(ModelProblem):
         log_q = model.encoder_points(params).log_prob(z)                            # (M, B)
         return (log_q.exp() * (model.log_joint_points(z, params) - log_q)).sum()
 
+    def exact_objective(self, params, objective=Objective()):
+        """Bernoulli latents (at most 16): the ELBO at ``params`` by enumeration (:meth:`exact_elbo`);
+        None otherwise."""
+        if self.kind != "bernoulli" or self.latent > MAX_ENUMERATED_LATENT or objective.canonical() != Objective():
+            return None
+        with torch.no_grad():
+            return self.exact_elbo(params), "enumeration"
+
     def relaxed_cost(self, y: Tensor, params: Params, temperature: float) -> Tensor:
         r"""Bernoulli latents only: the relaxed ELBO integrand of Maddison et al. (2017, App. C).
 

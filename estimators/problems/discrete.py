@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 from torch.distributions import Bernoulli, Independent, OneHotCategorical
 
-from ..base import Truth, evaluate_cost
+from ..base import Objective, Truth, evaluate_cost
 from ..registry import register_problem
 from .base import ExpectationProblem
 from .truths import autograd_truth
@@ -87,6 +87,15 @@ class BernoulliProblem(ExpectationProblem):
             return (d.log_prob(states).exp() * evaluate_cost(self, states, leaves)).sum()
 
         return autograd_truth(exact, self.params, "enumeration")
+
+    def exact_objective(self, params, objective=Objective()):
+        """:math:`\\sum_b q(b) f(b)` over all :math:`2^{|S|}` states at ``params``."""
+        if objective.canonical() != Objective():
+            return None
+        with torch.no_grad():
+            states = self.states().to(params["logits"].device)
+            d = self.distribution(params)
+            return (d.log_prob(states).exp() * evaluate_cost(self, states, params)).sum(), "enumeration"
 
 
 @register_problem("bernoulli-toy-nd")
