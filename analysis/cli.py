@@ -10,6 +10,9 @@ import importlib
 import os
 import sys
 
+from gradnoise import plugins
+from gradnoise.plugins import PluginError
+
 # modules that contribute sub-commands, in --help order
 COMMAND_MODULES = [
     "gradnoise.analysis.sweep",
@@ -23,7 +26,16 @@ COMMAND_MODULES = [
 ]
 
 #: errors that are the user's input or environment, printed as one line (exit 2), not a traceback
-USER_ERRORS = (KeyError, ValueError, OSError, FloatingPointError, MemoryError)
+USER_ERRORS = (KeyError, ValueError, OSError, FloatingPointError, MemoryError, PluginError)
+
+
+def add_plugin_argument(p: argparse.ArgumentParser) -> None:
+    """``--plugin MODULE_OR_FILE`` (repeatable): every command has it (:func:`build_parser` adds it
+    to each sub-command, those added later included); :func:`main` imports them before the command."""
+    p.add_argument("--plugin", action="append", dest="plugins", metavar="MODULE_OR_FILE", default=None,
+                   help="import a plugin first: a module (my_package.estimators) or a file (path/to/plugin.py) "
+                        "that registers estimators, problems or studies (repeatable; also $GRADNOISE_PLUGINS, "
+                        "and installed entry points: docs/plugins.md)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     for name in COMMAND_MODULES:
         importlib.import_module(name).add_parsers(sub)
+    for command in dict.fromkeys(sub.choices.values()):     # aliases share a parser
+        add_plugin_argument(command)
     return parser
 
 
@@ -84,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             sys.stdout = _ReaderMayLeave(stdout)
     try:
+        plugins.load_all(getattr(args, "plugins", None))
         status = args.func(args)
         sys.stdout.flush()
         return status

@@ -172,6 +172,9 @@ def _what_changed(old: str, new: str, problem: str, estimator: str) -> str:
     for part, name in (("problem", problem), ("estimator", estimator)):
         if before.get(part) != after.get(part):
             said.append(f"the code of {part} {name}" + ("" if part in before else " (first hashed now)"))
+        elif before.get(f"{part}-from") != after.get(f"{part}-from"):     # a plugin's name or version
+            said.append(f"the plugin of {part} {name} ({before.get(f'{part}-from') or 'unrecorded'} -> "
+                        f"{after.get(f'{part}-from') or 'none'})")
     return " and ".join(said) or "the code"
 
 
@@ -362,14 +365,14 @@ def max_cost_evals_argument(text: str) -> float:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    print("problems (name:option=default,...):")
-    for entry in registry.problem_entries():
-        opts = ",".join(f"{k}={v}" for k, v in entry.defaults().items())
-        print(f"  {entry.name + (':' + opts if opts else ''):<52} {entry.summary}")
-    print("\nestimators:")
-    for entry in registry.estimator_entries():
-        opts = ",".join(f"{k}={v}" for k, v in entry.defaults().items())
-        print(f"  {entry.name + (':' + opts if opts else ''):<52} {entry.summary}")
+    """The registered names with their options, summaries and sources (``built in``, or a plugin's
+    distribution name and version, module or file)."""
+    for title, entries in (("problems (name:option=default,...):", registry.problem_entries()),
+                           ("\nestimators:", registry.estimator_entries())):
+        print(title)
+        for entry in entries:
+            opts = ",".join(f"{k}={v}" for k, v in entry.defaults().items())
+            print(f"  {entry.name + (':' + opts if opts else ''):<52} {f'[{entry.origin}]':<14} {entry.summary}")
     return 0
 
 

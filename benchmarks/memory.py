@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import gradnoise
-from .common import ESTIMATORS, cell, label_of, listed, one_thread
+from .common import ESTIMATORS, cell, label_of, listed, one_thread, plugin_problems
 
 #: ``{problem: (R, N)}``: replicates and budget of the measurement on each problem.
 SIZES = {"gaussian-cos": (10_000, 1_000), "linear-gaussian-vae": (1_000, 100)}
+#: a plugin's problems (docs/plugins.md) at the smaller of the two sizes
+SIZES.update({spec: (1_000, 100) for spec in plugin_problems()})
 #: ``{"problem, estimator": (problem, estimator)}`` for every estimator that can run on a problem
 #: of :data:`SIZES` at its N (:func:`benchmarks.common.listed`): the values of the ``cell`` parameter.
 CELLS = {label_of(spec, name): (spec, name) for spec, (_, n) in SIZES.items() for name in ESTIMATORS

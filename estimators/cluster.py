@@ -15,6 +15,10 @@ What travels, and what runs where:
   worker keeps one copy per problem (with its in-memory truths) however many cells it runs, and
   a lost copy is rebuilt by Dask from the task's bytes. An object ``cloudpickle`` cannot
   serialise, or a worker cannot rebuild (a module missing there), is one error naming it;
+* the plugins this process loaded (``--plugin``, ``$GRADNOISE_PLUGINS``, entry points:
+  :mod:`gradnoise.plugins`) are imported by every worker, by module name or file path, before any
+  object is rebuilt there (:func:`check_plugins`, :func:`rebuild`); a worker that cannot import
+  one is one error naming the worker and the plugin;
 * a cell runs :func:`run_cell` on a worker (which first undoes the malloc setting Dask's nanny
   gives its workers, seven times slower for large tensors: :func:`undo_malloc_trim`): ``measure_cell`` at ``threads`` torch intra-op
   threads (default 1), one cell at a time per worker process (a process-wide lock: torch's random
@@ -119,10 +123,41 @@ def serialise(obj, what: str) -> bytes:
         ) from None
 
 
-def rebuild(blob: bytes, what: str):
-    """On a worker: the object serialised by :func:`serialise`, or one error naming it."""
+def load_plugins(specs: Sequence[str]) -> str | None:
+    """On a worker: import the client's plugins (:func:`gradnoise.plugins.load`, once per process);
+    None, or one line naming the plugin that cannot be imported here and why."""
+    from . import plugins
+
+    for spec in specs:
+        try:
+            plugins.load(spec)
+        except Exception as err:     # noqa: BLE001 -- said to the client in one line
+            return f"{err}".replace("failed to import", "cannot be imported on this worker", 1)
+    return None
+
+
+def check_plugins(client, specs: Sequence[str]) -> None:
+    """One ``ValueError`` naming the first worker that cannot import one of this process's plugins
+    (``specs``: :func:`gradnoise.plugins.specs`), before any cell is sent; workers that join later
+    import them at the start of their first task (:func:`rebuild`)."""
+    if not specs:
+        return
+    failed = {worker: why for worker, why in client.run(load_plugins, list(specs)).items() if why}
+    if failed:
+        worker, why = sorted(failed.items())[0]
+        more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+        raise ValueError(f"Dask worker {worker}{more}: {why}; install the plugin (or put the file at the "
+                         f"same path) on every worker")
+
+
+def rebuild(blob: bytes, what: str, plugin_specs: Sequence[str] = ()):
+    """On a worker: the object serialised by :func:`serialise` (after importing the client's
+    plugins, :func:`load_plugins`: its classes and functions may live in them), or one error naming it."""
     import cloudpickle
 
+    why = load_plugins(plugin_specs)
+    if why:
+        raise RuntimeError(f"{what} could not be rebuilt on a Dask worker: {why}")
     try:
         return cloudpickle.loads(blob)
     except Exception as err:
@@ -207,14 +242,18 @@ def map_calls(client, function, calls: Sequence[tuple]) -> Iterator[tuple[int, o
     """
     from distributed import as_completed
 
+    from . import plugins
+
     check_workers(client)
+    specs = plugins.specs()
+    check_plugins(client, specs)
     sent: dict[int, object] = {}
 
     def send(arg):
         if isinstance(arg, (Problem, GradientEstimator)):
             if id(arg) not in sent:
                 what = f"problem {arg.spec!r}" if isinstance(arg, Problem) else f"estimator {arg.name!r}"
-                sent[id(arg)] = client.submit(rebuild, serialise(arg, what), what, pure=False)
+                sent[id(arg)] = client.submit(rebuild, serialise(arg, what), what, specs, pure=False)
             return sent[id(arg)]
         return arg
 
@@ -254,6 +293,18 @@ def _as_they_complete(client, futures, index, sent, as_completed):
         client.cancel(sent)
 
 
+def _start_failure(err: Exception) -> str:
+    """One line for local Dask workers that failed to start: most often a script without a
+    ``__main__`` guard, which each worker process imports again (Python's ``multiprocessing``, whose
+    ``spawn`` start method Dask's nanny uses), so that every worker starts a cluster of its own."""
+    main = sys.modules.get("__main__")
+    script = getattr(main, "__file__", None)
+    hint = (f"; {script} runs again in each worker process: put its code under "
+            f"`if __name__ == \"__main__\":` (Python's multiprocessing docs, 'safe importing of main module')"
+            if script else "")
+    return f"the local Dask workers failed to start ({type(err).__name__}: {err}){hint}"
+
+
 @contextlib.contextmanager
 def open_client(workers: int | None = None, scheduler: str | None = None, *, timeout: float = 5.0):
     """A ``distributed.Client`` for the block: on a new local cluster of ``workers`` processes, or
@@ -286,8 +337,11 @@ def open_client(workers: int | None = None, scheduler: str | None = None, *, tim
             warnings.filterwarnings("ignore", message="Port .* is already in use", category=UserWarning)
             # and no MALLOC_TRIM_THRESHOLD_ for the workers: it makes large tensors slow (undo_malloc_trim)
             with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
-                cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                       dashboard_address=None, silence_logs=logging.ERROR)
+                try:
+                    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                           dashboard_address=None, silence_logs=logging.ERROR)
+                except RuntimeError as err:       # "Nanny failed to start."
+                    raise ValueError(_start_failure(err)) from None
         with cluster, Client(cluster) as client:
             yield client
         return

@@ -63,7 +63,8 @@ MAX_OBJECTS = 200_000
 _SKIP_CLASS_ATTRIBUTES = frozenset({"__dict__", "__weakref__", "__doc__", "__module__", "__qualname__",
                                     "__annotations__", "__firstlineno__", "__static_attributes__",
                                     "__parameters__", "__orig_bases__", "_abc_impl",
-                                    "__abstractmethods__", "__slots__"})
+                                    "__abstractmethods__", "__slots__",
+                                    "__slotnames__"})   # copyreg caches it on the class when pickling
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,9 @@ def library_version(module: str) -> str | None:
         return f"python {sys.version_info[0]}.{sys.version_info[1]}"
     if top == PACKAGE.name or top == "gradnoise":
         return None
+    from .plugins import plugin_packages
+    if top in plugin_packages():         # a plugin's code is hashed by source: an edit without a new
+        return None                      # version still recomputes its cells
     mod = sys.modules.get(top)
     file = getattr(mod, "__file__", None)
     if file is None or not any(Path(file).resolve().is_relative_to(d) for d in _site_dirs()):
@@ -376,8 +380,25 @@ class CellVersion:
         return "unhashable" not in self.text
 
 
+def plugin_origin(obj):
+    """The :class:`~gradnoise.plugins.Origin` of a problem or estimator built by a plugin's registry
+    entry (an entry point, ``--plugin``, ``$GRADNOISE_PLUGINS``), else None."""
+    factory = getattr(obj, "fingerprint_factory", None)
+    if factory is None:
+        return None
+    from . import registry
+    for entry in [*registry._ESTIMATORS.values(), *registry._PROBLEMS.values()]:
+        if entry.factory is factory:
+            return entry.origin if entry.origin.is_plugin else None
+    return None
+
+
 def cell_version(problem, estimator) -> CellVersion:
-    """The :class:`CellVersion` of cells of ``problem`` and ``estimator``."""
+    """The :class:`CellVersion` of cells of ``problem`` and ``estimator``.
+
+    A part built by a plugin also names the plugin after its fingerprint (``+estimator:09e11aa3
+    +estimator-from:my-dist==0.2.0``; a file's path or a module's name otherwise), so that its rows
+    say where they come from and record the distribution's version."""
     text, reasons = code_version(), []
     for label, obj, name in (("problem", problem, getattr(problem, "spec", "?")),
                              ("estimator", estimator, getattr(estimator, "name", "?"))):
@@ -385,6 +406,9 @@ def cell_version(problem, estimator) -> CellVersion:
         if part is None:
             continue
         text += f"+{label}:{part.digest or 'unhashable'}"
+        origin = plugin_origin(obj)
+        if origin is not None:
+            text += f"+{label}-from:{origin.tag}"
         if part.digest is None:
             reasons.append(part.reason)
     return CellVersion(text, "; ".join(reasons))

@@ -11,14 +11,26 @@ Options use one string form, shared with the command line::
     gaussian-cos:k=5,loc=1,scale=2        reinforce-ema:beta=0.99
 
 Each option's type is taken from its default (int, float, bool or str).
+
+Each entry records its :class:`~gradnoise.plugins.Origin`: built in, or the plugin (an installed
+distribution's entry point, a module or a file: :mod:`gradnoise.plugins`) whose import registered
+it. Plugins are loaded on the first look-up or listing (:func:`gradnoise.plugins.ensure_loaded`),
+not by ``import gradnoise``. Registering the same code again (the same function of the same
+source file, or of a copy: a plugin loaded as an entry point and as a file, or imported again on
+a Dask worker; :func:`same_code`) is a no-op; a name taken by other code is a
+:class:`RegistryClash` naming both origins.
 """
 from __future__ import annotations
 
+import dataclasses
 import inspect
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .base import GradientEstimator, Problem
+from . import plugins
+from .plugins import BUILT_IN, Origin
 
 
 @dataclass(frozen=True)
@@ -27,6 +39,7 @@ class Entry:
     factory: Callable[..., Any]
     summary: str
     in_default_sweep: bool = True
+    origin: Origin = field(default=BUILT_IN)
 
     def defaults(self) -> dict[str, Any]:
         sig = inspect.signature(self.factory)
@@ -46,14 +59,66 @@ def _summary(obj: Any) -> str:
     return doc.strip().splitlines()[0] if doc.strip() else ""
 
 
+class RegistryClash(ValueError):
+    """A name registered by two different factories; the message names both origins."""
+
+
+def _identity(factory) -> tuple:
+    """What makes two factories the same code: their source file and qualified name (a module
+    imported twice, e.g. as an entry point and as a ``--plugin`` file, gives two function objects
+    of one identity)."""
+    try:
+        source = os.path.realpath(inspect.getsourcefile(factory) or "")
+    except TypeError:
+        source = ""
+    return (source or getattr(factory, "__module__", None), getattr(factory, "__qualname__", repr(factory)))
+
+
+def same_code(a, b) -> bool:
+    """Whether two factories are the same code: the same source file and name, or (a plugin
+    installed as a distribution and the same file given with ``--plugin``, two copies) the same
+    name and the same :func:`~gradnoise.provenance.fingerprint` (bytecode, constants, the globals
+    they read). Called only when a name is registered twice."""
+    if _identity(a) == _identity(b):
+        return True
+    if getattr(a, "__qualname__", None) != getattr(b, "__qualname__", None):
+        return False
+    from .provenance import fingerprint
+
+    fa, fb = fingerprint(a), fingerprint(b)
+    return fa.digest is not None and fa.digest == fb.digest
+
+
+def _describe(origin: Origin, factory) -> str:
+    where = f"{getattr(factory, '__module__', '?')}.{getattr(factory, '__qualname__', '?')}"
+    return f"{'the built-in' if origin.kind == 'built in' else origin} ({where})"
+
+
 def _register(table: dict[str, Entry], kind: str, name: str, in_default_sweep: bool = True):
     def decorator(factory):
+        origin = plugins.origin_of(getattr(factory, "__module__", None))
         if name in table:
-            raise ValueError(f"{kind} {name!r} is already registered")
-        table[name] = Entry(name, factory, _summary(factory), in_default_sweep)
+            old = table[name]
+            if same_code(old.factory, factory):
+                # the same code registered again: a no-op, except that an installed distribution's
+                # name and version, when it comes, is the origin its rows record
+                if origin.kind == "distribution" and old.origin.kind != "distribution" and old.origin != BUILT_IN:
+                    table[name] = dataclasses.replace(old, origin=origin)
+                return factory
+            raise RegistryClash(
+                f"{kind} {name!r} of {_describe(origin, factory)} clashes with {kind} {name!r} of "
+                f"{_describe(old.origin, old.factory)}; rename one of them")
+        table[name] = Entry(name, factory, _summary(factory), in_default_sweep, origin)
         return factory
 
     return decorator
+
+
+def forget(origin: Origin) -> None:
+    """Drop every name ``origin`` registered (a plugin whose import failed half-way)."""
+    for table in (_ESTIMATORS, _PROBLEMS):
+        for name in [n for n, e in table.items() if e.origin == origin]:
+            del table[name]
 
 
 def register_estimator(name: str):
@@ -113,9 +178,12 @@ def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
 
 def _build(table: dict[str, Entry], kind: str, spec: str, overrides: dict[str, Any]):
     name, raw = parse_spec(spec)
+    plugins.ensure_loaded()
     if name not in table:
+        failed = plugins.failures()
         raise KeyError(
             f"unknown {kind} {name!r}; valid {kind}s: {', '.join(sorted(table))}"
+            + (f" (plugins that failed to import: {', '.join(failed)})" if failed else "")
         )
     entry = table[name]
     defaults = entry.defaults()
@@ -180,17 +248,39 @@ def make_problem(spec: str | Problem, **options) -> Problem:
 
 
 def estimator_names() -> list[str]:
+    plugins.ensure_loaded()
     return list(_ESTIMATORS)
 
 
 def problem_names(*, default_sweep: bool = False) -> list[str]:
     """Registered problem names; with ``default_sweep=True`` only those in default grids."""
+    plugins.ensure_loaded()
     return [n for n, e in _PROBLEMS.items() if e.in_default_sweep or not default_sweep]
 
 
 def estimator_entries() -> list[Entry]:
+    plugins.ensure_loaded()
     return list(_ESTIMATORS.values())
 
 
 def problem_entries() -> list[Entry]:
+    plugins.ensure_loaded()
     return list(_PROBLEMS.values())
+
+
+def estimator_origin(name: str) -> Origin:
+    """The origin of the estimator ``name`` (a spec's options ignored); ``KeyError`` if unknown."""
+    return _entry(_ESTIMATORS, "estimator", name).origin
+
+
+def problem_origin(spec: str) -> Origin:
+    """The origin of the problem ``spec`` (options and an ``@hash`` point suffix ignored)."""
+    return _entry(_PROBLEMS, "problem", spec.partition("@")[0]).origin
+
+
+def _entry(table: dict[str, Entry], kind: str, spec: str) -> Entry:
+    name = spec.partition(":")[0].strip()
+    plugins.ensure_loaded()
+    if name not in table:
+        raise KeyError(f"unknown {kind} {name!r}; valid {kind}s: {', '.join(sorted(table))}")
+    return table[name]

@@ -48,6 +48,7 @@ import torch
 from scipy import stats
 
 import gradnoise as gn
+from gradnoise import plugins, registry
 from gradnoise.io import atomic_write_csv, atomic_write_markdown, atomic_write_text
 from gradnoise.statistics import log_se
 
@@ -102,27 +103,51 @@ class Study:
     title: str
     summary: str
     run: Callable[[Path, Config], Outcome]
+    origin: plugins.Origin = plugins.BUILT_IN
 
 
 _STUDIES: dict[str, Study] = {}
 
 
 def study(name: str, title: str, summary: str):
-    """Decorator: register ``run(out_dir, config) -> Outcome`` as the study ``name``."""
+    """Decorator: register ``run(out_dir, config) -> Outcome`` as the study ``name`` (a plugin's
+    too: :mod:`gradnoise.plugins`, group ``gradnoise.studies``). The same function registered again
+    is a no-op; another one under a taken name is a :class:`~gradnoise.registry.RegistryClash`."""
     def decorator(run):
+        origin = plugins.origin_of(getattr(run, "__module__", None))
         if name in _STUDIES:
-            raise ValueError(f"study {name!r} is already registered")
-        _STUDIES[name] = Study(name, title, summary, run)
+            old = _STUDIES[name]
+            if registry.same_code(old.run, run):
+                return run
+            raise registry.RegistryClash(
+                f"study {name!r} of {registry._describe(origin, run)} clashes with study {name!r} of "
+                f"{registry._describe(old.origin, old.run)}; rename one of them")
+        _STUDIES[name] = Study(name, title, summary, run, origin)
         return run
 
     return decorator
 
 
-def study_names() -> list[str]:
-    return list(_STUDIES)
+def _forget(origin: plugins.Origin) -> None:
+    for name in [n for n, s in _STUDIES.items() if s.origin == origin]:
+        del _STUDIES[name]
+
+
+plugins.FORGET.append(_forget)      # a plugin that fails to import leaves no study behind
+
+
+def _ensure_plugins() -> None:
+    plugins.ensure_loaded(*plugins.GROUPS)
+
+
+def study_names(*, built_in: bool = False) -> list[str]:
+    """Registered studies; with ``built_in=True`` only the package's own (the README's results block)."""
+    _ensure_plugins()
+    return [n for n, s in _STUDIES.items() if not built_in or s.origin == plugins.BUILT_IN]
 
 
 def get_study(name: str) -> Study:
+    _ensure_plugins()
     if name not in _STUDIES:
         raise KeyError(f"unknown study {name!r}; valid studies: {', '.join(_STUDIES)}, all")
     return _STUDIES[name]

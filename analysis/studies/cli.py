@@ -91,7 +91,8 @@ def update_readme(readme: str | os.PathLike, outcomes: list[Outcome], out_dir: P
 def run_command(args: argparse.Namespace) -> int:
     if args.list:
         for s in (get_study(n) for n in study_names()):
-            print(f"  {s.name:<20} {s.summary}")
+            source = "" if s.origin.kind == "built in" else f"  [{s.origin}]"
+            print(f"  {s.name:<20} {s.summary}{source}")
         print(f"  {'all':<20} every study above, each into OUT_DIR/NAME")
         return 0
     if not args.name:
@@ -101,7 +102,9 @@ def run_command(args: argparse.Namespace) -> int:
     if args.update_readme and args.name != "all":
         raise ValueError("--update-readme needs `gradnoise study all` (the block shows every study)")
     check_cluster_arguments(args)
-    names = study_names() if args.name == "all" else [get_study(args.name).name]
+    # the README's block shows the package's own studies; plugins' studies run with `all` otherwise
+    names = (study_names(built_in=bool(args.update_readme)) if args.name == "all"
+             else [get_study(args.name).name])
     out = Path(args.out_dir)
     for name in names:                           # every folder checked before the first study runs
         study_outputs(name, out / name if args.name == "all" else out)
