@@ -44,7 +44,8 @@ from typing import Iterator, Sequence
 
 from .base import GradientEstimator, Problem
 from . import provenance
-from .engine import MAX_ELEMENTS, check_threads, measure_cell, torch_threads
+from .engine import (MAX_ELEMENTS, cell_cost_evals, check_threads, chunk_estimates, chunks, gather_chunks, measure_cell,
+                     summarise_estimates, torch_threads)
 
 #: one cell at a time per process (see the module docstring)
 _CELL_LOCK = threading.Lock()
@@ -138,6 +139,15 @@ def rebuild(blob: bytes, what: str):
 BATCH_ELEMENTS = 2**21
 
 
+def run_chunk(problem: Problem, estimator: GradientEstimator, budget: int, replicates: int, seed: int,
+              start: int, stop: int, threads: int | None = 1, max_elements: int = MAX_ELEMENTS):
+    """Blocks ``start .. stop - 1`` of one cell (:func:`~gradnoise.engine.chunk_estimates`:
+    ``(first replicate, {name: (rows, *shape)}, seconds)``), computed in this process at ``threads``
+    intra-op threads (:func:`run_in_cell`); the task a Dask worker runs for a chunk of a large cell."""
+    return run_in_cell(threads, chunk_estimates, problem, estimator, budget, replicates, seed, start, stop,
+                       max_elements=max_elements)
+
+
 def run_cells(problem: Problem, estimator: GradientEstimator, budgets: Sequence[tuple[int, int]], replicates: int,
               seed: int, threads: int | None = 1, max_elements: int = MAX_ELEMENTS) -> list[tuple[int, list[dict]]]:
     """``(index, rows)`` of the cells ``(index, N)`` of one problem and estimator, one after the
@@ -164,21 +174,67 @@ def batches(grid: Sequence[tuple[Problem, GradientEstimator, int]], replicates: 
     return out
 
 
+#: a grid's work is cut into about this many tasks per worker (so that the last tasks to finish
+#: are short next to the whole: the workers end within about a task of each other)
+TASKS_PER_WORKER = 4
+
+
+def cell_work(problem: Problem, estimator: GradientEstimator, budget: int, replicates: int) -> int:
+    """A cell's work in sample-sized elements, what :func:`plan` balances:
+    ``R x (cost_evals_for(problem, N) + amortised_evals(N)) x (E + P)``
+    (:func:`~gradnoise.engine.cell_cost_evals` times the event and parameter elements a sample
+    touches): the measure-valued gradient's 2 N D evaluations count as such, not as N."""
+    return cell_cost_evals(problem, estimator, budget, replicates) * (problem.event_numel() + problem.param_numel())
+
+
+def plan(grid: Sequence[tuple[Problem, GradientEstimator, int]], replicates: int, workers: int) -> list[tuple]:
+    """``grid``'s tasks for ``workers`` workers, largest first: ``("cells", problem, estimator,
+    [(index, N), ...])`` for small cells batched as :func:`batches` does, and ``("chunk", index,
+    start, stop)`` for the chunks of a large cell (blocks ``start .. stop - 1``,
+    :func:`~gradnoise.engine.chunks`).
+
+    A cell is large when its work (:func:`cell_work`) exceeds a task's share,
+    ``max(BATCH_ELEMENTS, grid's work / (TASKS_PER_WORKER x workers))``; it is cut into about
+    ``work / share`` chunks of consecutive blocks (at most one per block), so that one large cell
+    no longer caps the speed-up: the numbers do not depend on the cut (blocks are seeded by index)."""
+    workers = max(1, int(workers))
+    work = [cell_work(p, e, n, replicates) for p, e, n in grid]
+    share = max(BATCH_ELEMENTS, sum(work) / (TASKS_PER_WORKER * workers))
+    tasks: list[tuple[float, tuple]] = []
+    small = [i for i, w in enumerate(work) if w <= share]
+    large = [i for i, w in enumerate(work) if w > share]
+    for problem, estimator, cells in batches([grid[i] for i in small], replicates, workers):
+        cells = [(small[j], n) for j, n in cells]
+        tasks.append((sum(work[i] for i, _ in cells), ("cells", problem, estimator, cells)))
+    for i in large:
+        problem, estimator, n = grid[i]
+        cut = chunks(problem, estimator, n, replicates, math.ceil(work[i] / share))
+        tasks.extend((work[i] * (stop - start) / cut[-1][1], ("chunk", i, start, stop)) for start, stop in cut)
+    tasks.sort(key=lambda task: -task[0])         # largest first: the short ones fill the end
+    return [task for _, task in tasks]
+
+
 def map_cells(
     client, grid: Sequence[tuple[Problem, GradientEstimator, int]], replicates: int, seed: int = 0,
-    *, threads: int | None = 1, max_elements: int = MAX_ELEMENTS,
+    *, threads: int | None = 1, max_elements: int = MAX_ELEMENTS, workers: int | None = None,
 ) -> Iterator[tuple[int, list[dict]]]:
     """``(index, rows)`` of each cell of ``grid`` as it completes on ``client``'s workers.
 
     The rows are those :func:`~gradnoise.engine.measure_cell` gives sequentially at the same
-    ``threads`` (bitwise, every column but ``seconds_per_estimate``). Small cells travel in
-    batches (:func:`batches`). Closing the generator (an interrupt, an error in a cell) cancels
-    the cells not yet finished.
+    ``threads`` (bitwise, every column but ``seconds_per_estimate``). The grid is cut into tasks
+    by :func:`plan` for ``workers`` workers (default: those connected now): small cells travel in
+    batches (:func:`batches`), a large cell as chunks of its blocks (:func:`run_chunk`) whose
+    estimates come back here as each finishes and are gathered in replicate order and summarised
+    in this process (:func:`~gradnoise.engine.gather_chunks`,
+    :func:`~gradnoise.engine.summarise_estimates`, at ``threads``): a worker that dies loses only the chunk
+    it was computing, which Dask reruns elsewhere. Closing the generator (an interrupt, an error
+    in a cell) cancels the tasks not yet finished.
     """
     check_threads(threads)
-    calls = [(p, e, cells, replicates, seed, threads, max_elements)
-             for p, e, cells in batches(grid, replicates, len(client.nthreads()))]
-    finished = map_calls(client, run_cells, calls)
+    tasks = plan(grid, replicates, workers or len(client.nthreads()))
+    calls = [(run_cells, (t[1], t[2], t[3], replicates, seed, threads, max_elements)) if t[0] == "cells" else
+             (run_chunk, (*grid[t[1]], replicates, seed, t[2], t[3], threads, max_elements)) for t in tasks]
+    finished = _map_functions(client, calls)
     # the rows' code_version as this process names it: a user's function sent by value hashes the
     # same on a worker, but a worker's own view of it is not what a resumed sweep here compares
     versions: dict[tuple[int, int], str] = {}
@@ -186,8 +242,24 @@ def map_cells(
         key = (id(problem), id(estimator))
         if key not in versions:
             versions[key] = provenance.cell_version(problem, estimator).text
+    expected: dict[int, int] = {}
+    for task in tasks:
+        if task[0] == "chunk":
+            expected[task[1]] = expected.get(task[1], 0) + 1
+    pieces: dict[int, list] = {}
     try:
-        for _, done in finished:
+        for k, done in finished:
+            if tasks[k][0] == "chunk":
+                index = tasks[k][1]
+                pieces.setdefault(index, []).append(done)
+                if len(pieces[index]) < expected[index]:
+                    continue
+                problem, estimator, n = grid[index]
+                estimates, seconds = gather_chunks(problem, estimator, n, replicates, pieces.pop(index))
+                with torch_threads(threads):        # the column 'threads' records the cell's count
+                    rows = summarise_estimates(problem, estimator, n, seed, estimates, seconds,
+                                               version=versions[(id(problem), id(estimator))])
+                done = [(index, rows)]
             for index, rows in done:
                 problem, estimator, _ = grid[index]
                 for row in rows:
@@ -205,6 +277,11 @@ def map_calls(client, function, calls: Sequence[tuple]) -> Iterator[tuple[int, o
     serialised once each (:func:`serialise`) and rebuilt once per worker that needs them; the
     others travel with each call. Closing the generator cancels the calls not yet finished.
     """
+    return _map_functions(client, [(function, call) for call in calls])
+
+
+def _map_functions(client, calls: Sequence[tuple]) -> Iterator[tuple[int, object]]:
+    """:func:`map_calls` for ``(function, arguments)`` pairs, each call its own function."""
     from distributed import as_completed
 
     check_workers(client)
@@ -218,7 +295,9 @@ def map_calls(client, function, calls: Sequence[tuple]) -> Iterator[tuple[int, o
             return sent[id(arg)]
         return arg
 
-    futures = [client.submit(function, *map(send, call), pure=False) for call in calls]
+    # earlier calls first (priority): map_cells lists its largest tasks first
+    futures = [client.submit(function, *map(send, call), pure=False, priority=-k)
+               for k, (function, call) in enumerate(calls)]
     index = {future.key: i for i, future in enumerate(futures)}
     return _as_they_complete(client, futures, index, list(sent.values()), as_completed)
 
@@ -244,11 +323,19 @@ def check_workers(client) -> None:
 
 
 def _as_they_complete(client, futures, index, sent, as_completed):
+    """Yield ``(index, result)`` as futures finish, releasing each finished future (so that a worker
+    lost later holds nothing the scheduler would recompute: only unfinished tasks are rerun)."""
+    waiting = {future.key: future for future in futures}
+    finished = as_completed(futures, with_results=True)     # results fetched in batches
+    futures.clear()
     try:
-        for future, result in as_completed(futures, with_results=True):     # results fetched in batches
-            yield index[future.key], result
+        for future, result in finished:
+            waiting.pop(future.key, None)
+            key = future.key
+            del future
+            yield index[key], result
     finally:
-        pending = [f for f in futures if not f.done()]
+        pending = [f for f in waiting.values() if not f.done()]
         if pending:
             client.cancel(pending)
         client.cancel(sent)
