@@ -187,6 +187,23 @@ def cell_work(problem: Problem, estimator: GradientEstimator, budget: int, repli
     return cell_cost_evals(problem, estimator, budget, replicates) * (problem.event_numel() + problem.param_numel())
 
 
+#: :func:`estimated_seconds`' model of one cell at one thread: a fixed cost, then per element of
+#: work (:func:`cell_work`); fitted low on this machine's cells (3-70 ms fixed, 1-10 ns per element
+#: for the Gaussian and linear-Gaussian-VAE cells at N = 1000), so that it errs towards a cluster
+CELL_SECONDS, ELEMENT_SECONDS = 0.003, 1e-9
+
+#: below this estimated sequential time, ``--workers`` runs the grid in this process (and says so):
+#: starting 2 local workers costs about 2 s on 2 quiet cores (each imports torch and gradnoise),
+#: and each task a few ms, more than such a grid gains
+MIN_CLUSTER_SECONDS = 3.0
+
+
+def estimated_seconds(grid: Sequence[tuple[Problem, GradientEstimator, int]], replicates: int) -> float:
+    """A rough lower estimate of ``grid``'s time in one process at one thread:
+    ``sum(CELL_SECONDS + ELEMENT_SECONDS x cell_work)``; what decides whether a local cluster pays."""
+    return sum(CELL_SECONDS + ELEMENT_SECONDS * cell_work(p, e, n, replicates) for p, e, n in grid)
+
+
 def plan(grid: Sequence[tuple[Problem, GradientEstimator, int]], replicates: int, workers: int) -> list[tuple]:
     """``grid``'s tasks for ``workers`` workers, largest first: ``("cells", problem, estimator,
     [(index, N), ...])`` for small cells batched as :func:`batches` does, and ``("chunk", index,
@@ -348,8 +365,10 @@ def open_client(workers: int | None = None, scheduler: str | None = None, *, tim
     neither is given (run sequentially, Dask not imported).
 
     The local cluster (``LocalCluster``) has ``workers`` single-threaded worker processes, no
-    dashboard and random ports, and is stopped at the end of the block; its processes start with
-    ``OMP_NUM_THREADS=1`` (Dask's nanny default) and each cell sets its torch thread count itself
+    dashboard and random ports, and is stopped at the end of the block; its processes are spawned
+    (Dask's default; forking them from this process, tried, started them in 0.1 s instead of
+    seconds but deadlocked a worker on a stdio lock another thread held at the fork) with
+    ``OMP_NUM_THREADS=1`` (Dask's nanny default); each cell sets its torch thread count itself
     (:func:`run_cell`). Errors, each one ``ValueError``: ``workers`` < 1, both given, and a
     scheduler that does not answer within ``timeout`` seconds.
     """
