@@ -1,6 +1,6 @@
 """End-to-end wall time of ``gradnoise`` commands, sequential against ``--workers N``, in one run.
 
-    python benchmarks/scripts/cluster_speedup.py [--workers 2] [--repeats 1] [--grids big,report,small]
+    python benchmarks/scripts/cluster_speedup.py [--workers 2] [--repeats 1] [--grids big,report4,report,small] [--startup]
 
 Not an asv benchmark (this folder has no ``__init__.py``). Each measurement is the command as a
 user runs it, ``python -m gradnoise.analysis ...`` in a fresh process: interpreter start-up, the
@@ -13,6 +13,8 @@ alternately (``--repeats`` times each, into fresh output folders), and prints
 * the peak memory of the whole process tree (the command and its workers), as the sum of each
   process's proportional set size (PSS, ``/proc/PID/smaps_rollup``: pages shared by forked
   workers counted once overall), sampled every 50 ms, and its ratio to the sequential run's;
+* the CPU seconds of each command with its workers (user + system): on a shared machine the wall
+  times mostly measure the other jobs, the CPU seconds what the command spends;
 * whether every column but ``seconds_per_estimate`` of the results is bitwise the same;
 * whether the parallel command chose to run in its own process (work too small to pay off);
 * torch's intra-op threads per cell (1, the default) and the load average before and after each
@@ -28,7 +30,7 @@ The grids (``--grids``):
             N = 1, 3, 10, 30, 100, R = 300): sweep, fits, figures and summary;
 ``report4`` the report's grid at R = 10,000 (``gradnoise report --replicates 10000``): longer;
 ``small``   60 rows of small cells: gaussian-quadratic x reinforce, reinforce-loo, reparam x
-            N = 1, 2, 4, 8, 16, 32, 64, 128, 256, 512 (2 rows a cell), R = 200 (``gradnoise sweep``).
+            N = 2, 4, 8, ..., 1024 (2 rows a cell), R = 200 (``gradnoise sweep``).
 
 Oracle truths and trained models are cached in ``$GRADNOISE_CACHE`` by a warm-up run of each
 grid's sequential command before the timings (``--no-warm-up`` leaves it out).
@@ -37,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -64,7 +67,7 @@ def grids() -> dict[str, tuple[str, list[str]]]:
         "report": ("sweep.csv", ["report", "--quiet", "--fresh", "--out-dir", "{out}"]),
         "report4": ("sweep.csv", ["report", "--quiet", "--fresh", "--out-dir", "{out}", "--replicates", "10000"]),
         "small": ("sweep.csv", sweep(["gaussian-quadratic"], ["reinforce", "reinforce-loo", "reparam"],
-                                     [2**k for k in range(10)], 200)),
+                                     [2**k for k in range(1, 11)], 200)),
     }
 
 
@@ -100,9 +103,11 @@ def load() -> str:
         return " ".join(fh.read().split()[:3])
 
 
-def timed(args: list[str], env: dict) -> tuple[float, float, str]:
+def timed(args: list[str], env: dict) -> tuple[float, float, str, float]:
     """Run ``python -m gradnoise.analysis ARGS``: (wall seconds, peak PSS of its process tree in
-    MiB, its stderr)."""
+    MiB, its stderr, CPU seconds of the command and its workers (user + system, from
+    ``getrusage(RUSAGE_CHILDREN)``: what the work costs whatever else runs on the machine))."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "gradnoise.analysis", *args], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -121,7 +126,52 @@ def timed(args: list[str], env: dict) -> tuple[float, float, str]:
     sampler.join()
     if proc.returncode:
         raise SystemExit(f"gradnoise {' '.join(args)} failed ({proc.returncode}):\n{err}")
-    return wall, peak[0], err
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return wall, peak[0], err, cpu
+
+
+STARTUP_STEPS = [
+    ("python", "pass"),
+    ("import torch", "import torch"),
+    ("+ import gradnoise (scipy, pandas, the estimators)", "import torch, gradnoise"),
+    ("+ the CLI's modules (matplotlib, seaborn)", "import torch, gradnoise, gradnoise.analysis.cli"),
+    ("+ import distributed", "import torch, gradnoise, gradnoise.analysis.cli, distributed"),
+]
+
+CLUSTER_STEP = """
+import time, gradnoise, gradnoise.analysis.cli
+from gradnoise.cluster import open_client
+if __name__ == "__main__":
+    start = time.perf_counter()
+    with open_client(workers={workers}) as client:
+        client.wait_for_workers({workers})
+        up = time.perf_counter()
+        client.run(lambda: __import__("gradnoise"))
+        warm = time.perf_counter()
+    print(up - start, warm - up, time.perf_counter() - warm)
+"""
+
+
+def startup(env: dict, workers: int) -> None:
+    """Where a command's start-up goes: fresh interpreters importing more and more, then a local
+    cluster's start (its spawned workers re-import the command's modules), first call, and stop."""
+    print("start-up, each step in a fresh process (best of 3):")
+    for label, code in STARTUP_STEPS:
+        best = float("inf")
+        for _ in range(3):
+            start = time.perf_counter()
+            subprocess.run([sys.executable, "-c", code], env=env, check=True)
+            best = min(best, time.perf_counter() - start)
+        print(f"  {label}: {best:.2f} s")
+    with tempfile.TemporaryDirectory() as tmp:
+        script = os.path.join(tmp, "cluster_start.py")
+        with open(script, "w") as fh:
+            fh.write(CLUSTER_STEP.format(workers=workers))
+        out = subprocess.run([sys.executable, script], env=env, check=True, capture_output=True, text=True)
+        up, first, stop = map(float, out.stdout.split())
+    print(f"  a local cluster of {workers} workers (after the imports above): {up:.2f} s to start (each worker "
+          f"imports torch and gradnoise), {first:.2f} s first call, {stop:.2f} s to stop; load {load()}")
 
 
 def same_numbers(a: str, b: str) -> bool:
@@ -134,8 +184,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=1, help="runs of each command, alternated (default 1)")
-    ap.add_argument("--grids", default="big,report,small", help="comma-separated, of: " + ", ".join(grids()))
+    ap.add_argument("--grids", default="big,report4,report,small", help="comma-separated, of: " + ", ".join(grids()))
     ap.add_argument("--no-warm-up", action="store_true", help="no untimed run first (oracles, checkpoints)")
+    ap.add_argument("--startup", action="store_true", help="first, where the start-up goes (imports, cluster)")
     args = ap.parse_args()
     chosen = args.grids.split(",")
     unknown = [g for g in chosen if g not in grids()]
@@ -146,6 +197,8 @@ def main() -> None:
           f"--workers {args.workers}; {args.repeats} run(s) of each command, alternated; wall time is the whole "
           f"command, start-up included; memory is the peak summed PSS of the command's process tree")
     print(f"GRADNOISE_CACHE={os.environ.get('GRADNOISE_CACHE', '(default)')}; load average {load()} at start")
+    if args.startup:
+        startup(env, args.workers)
     rows = []
     work = tempfile.mkdtemp(prefix="gn-cluster-speedup-")
     try:
@@ -156,6 +209,7 @@ def main() -> None:
                 os.makedirs(out, exist_ok=True)
                 timed([a.replace("{out}", out) for a in template], env)
             walls: dict[str, list[float]] = {"seq": [], "par": []}
+            cpus: dict[str, list[float]] = {"seq": [], "par": []}
             peaks: dict[str, list[float]] = {"seq": [], "par": []}
             said, loads = "", []
             for k in range(args.repeats):
@@ -166,26 +220,28 @@ def main() -> None:
                     if mode == "par":
                         command += ["--workers", str(args.workers)]
                     before = load()
-                    wall, peak, err = timed(command, env)
+                    wall, peak, err, cpu = timed(command, env)
                     loads.append(f"{before}->{load()}")
                     walls[mode].append(wall)
+                    cpus[mode].append(cpu)
                     peaks[mode].append(peak)
                     if mode == "par" and "in this process" in err:
                         said = "ran in one process (too small to pay off)"
-                    print(f"  {name} {mode} run {k + 1}: {wall:.1f} s, peak {peak:.0f} MiB (load {loads[-1]})",
-                          flush=True)
+                    print(f"  {name} {mode} run {k + 1}: {wall:.1f} s, {cpu:.1f} CPU s, peak {peak:.0f} MiB "
+                          f"(load {loads[-1]})", flush=True)
             same = same_numbers(os.path.join(work, f"{name}-seq-0", results), os.path.join(work, f"{name}-par-0", results))
             best_seq, best_par = min(walls["seq"]), min(walls["par"])
             lo = min(walls["seq"]) / max(walls["par"])
             hi = max(walls["seq"]) / min(walls["par"])
             rows.append((name, ", ".join(f"{w:.1f}" for w in walls["seq"]), ", ".join(f"{w:.1f}" for w in walls["par"]),
                          f"{best_seq / best_par:.2f}x" + (f" ({lo:.2f}-{hi:.2f}x)" if args.repeats > 1 else ""),
+                         f"{min(cpus['seq']):.1f} / {min(cpus['par']):.1f}",
                          f"{max(peaks['seq']):.0f} / {max(peaks['par']):.0f} MiB ({max(peaks['par']) / max(peaks['seq']):.2f}x)",
                          "yes" if same else "NO", said or "-"))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"\nload average {load()} at the end\n")
-    header = ["grid", "sequential s", f"--workers {args.workers} s", "speed-up", "peak memory seq / par",
+    header = ["grid", "sequential s", f"--workers {args.workers} s", "speed-up", "CPU s seq / par", "peak memory seq / par",
               "bitwise", "note"]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
