@@ -1,8 +1,11 @@
 r"""Cells on a Dask cluster: the engine's rows, computed by Dask workers, in any completion order.
 
 Every cell (problem, estimator, N) of a grid is independent and seeded by its own
-:func:`~gradnoise.engine.cell_seed`, so it can run in any process, on any machine, in any order,
-and give the same numbers. :func:`map_cells` submits one Dask task per cell to a
+:func:`~gradnoise.engine.cell_seed`, and within a cell every block of replicates by its own
+:func:`~gradnoise.engine.block_seed`, so a cell, or a run of its blocks, can run in any process,
+on any machine, in any order, and give the same numbers. :func:`map_cells` cuts a grid into Dask
+tasks (:func:`plan`: consecutive small cells batched, a large cell cut into chunks of blocks that
+run on different workers and are gathered and summarised in the client), submits them to a
 ``distributed.Client`` and yields ``(index in the grid, rows)`` as cells complete; callers put
 the rows back in grid order (:func:`gradnoise.engine.measure`,
 :func:`gradnoise.analysis.sweep.sweep_to_csv`).
@@ -23,8 +26,9 @@ What travels, and what runs where:
 * oracle truths and trained digits checkpoints are read from, or computed once into, the cache
   folder ``$GRADNOISE_CACHE`` of the worker's machine (:func:`gradnoise.io.compute_once`).
 
-A worker that dies mid-cell (killed, out of memory) loses only that attempt: the scheduler
-reruns the cell on another worker, up to ``distributed.scheduler.allowed-failures`` times
+A worker that dies mid-cell (killed, out of memory) loses only that attempt (of a large cell:
+only the chunk it was computing, as finished chunks are fetched and released at once): the
+scheduler reruns the task on another worker, up to ``distributed.scheduler.allowed-failures`` times
 (Dask's default 3), and the result is the same because the cell's seed is. A cell raising an
 error (a NaN cost) is not retried: it fails the same way everywhere.
 
@@ -187,10 +191,11 @@ def cell_work(problem: Problem, estimator: GradientEstimator, budget: int, repli
     return cell_cost_evals(problem, estimator, budget, replicates) * (problem.event_numel() + problem.param_numel())
 
 
-#: :func:`estimated_seconds`' model of one cell at one thread: a fixed cost, then per element of
-#: work (:func:`cell_work`); fitted low on this machine's cells (3-70 ms fixed, 1-10 ns per element
-#: for the Gaussian and linear-Gaussian-VAE cells at N = 1000), so that it errs towards a cluster
-CELL_SECONDS, ELEMENT_SECONDS = 0.003, 1e-9
+#: :func:`estimated_seconds`' model of one cell at one thread: a fixed cost (building, checking,
+#: summarising: 4-70 ms measured here, the bootstrap interval alone 7 ms a row at R = 200), then
+#: per element of work (:func:`cell_work`: 1-10 ns for the Gaussian and linear-Gaussian-VAE cells
+#: at N = 1000); rough, on the low side, so that it errs towards a cluster
+CELL_SECONDS, ELEMENT_SECONDS = 0.02, 1e-9
 
 #: below this estimated sequential time, ``--workers`` runs the grid in this process (and says so):
 #: starting 2 local workers costs about 2 s on 2 quiet cores (each imports torch and gradnoise),

@@ -98,6 +98,16 @@ def pss_mib(pid: int) -> float:
     return 0.0
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds ``pid`` has used so far (0 when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 def load() -> str:
     with open("/proc/loadavg") as fh:
         return " ".join(fh.read().split()[:3])
@@ -105,17 +115,22 @@ def load() -> str:
 
 def timed(args: list[str], env: dict) -> tuple[float, float, str, float]:
     """Run ``python -m gradnoise.analysis ARGS``: (wall seconds, peak PSS of its process tree in
-    MiB, its stderr, CPU seconds of the command and its workers (user + system, from
-    ``getrusage(RUSAGE_CHILDREN)``: what the work costs whatever else runs on the machine))."""
+    MiB, its stderr, CPU seconds of the command and its workers: user + system, the larger of
+    ``getrusage(RUSAGE_CHILDREN)`` (the processes it waited for) and the sum over its process tree
+    of each process's last sampled time (forkserver workers are not waited for); what the work
+    costs whatever else runs on the machine)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "gradnoise.analysis", *args], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    peak, done = [0.0], threading.Event()
+    peak, done, cpu = [0.0], threading.Event(), {}
 
     def sample():
         while not done.is_set():
-            peak[0] = max(peak[0], sum(pss_mib(p) for p in tree(proc.pid)))
+            pids = tree(proc.pid)
+            peak[0] = max(peak[0], sum(pss_mib(p) for p in pids))
+            for p in pids:
+                cpu[p] = max(cpu.get(p, 0.0), cpu_seconds(p))
             done.wait(0.05)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -127,8 +142,8 @@ def timed(args: list[str], env: dict) -> tuple[float, float, str, float]:
     if proc.returncode:
         raise SystemExit(f"gradnoise {' '.join(args)} failed ({proc.returncode}):\n{err}")
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
-    return wall, peak[0], err, cpu
+    waited = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return wall, peak[0], err, max(waited, sum(cpu.values()))
 
 
 STARTUP_STEPS = [
@@ -155,7 +170,7 @@ if __name__ == "__main__":
 
 def startup(env: dict, workers: int) -> None:
     """Where a command's start-up goes: fresh interpreters importing more and more, then a local
-    cluster's start (its spawned workers re-import the command's modules), first call, and stop."""
+    cluster's start (:func:`gradnoise.cluster.open_client`), first call, and stop."""
     print("start-up, each step in a fresh process (best of 3):")
     for label, code in STARTUP_STEPS:
         best = float("inf")
@@ -171,7 +186,7 @@ def startup(env: dict, workers: int) -> None:
         out = subprocess.run([sys.executable, script], env=env, check=True, capture_output=True, text=True)
         up, first, stop = map(float, out.stdout.split())
     print(f"  a local cluster of {workers} workers (after the imports above): {up:.2f} s to start (each worker "
-          f"imports torch and gradnoise), {first:.2f} s first call, {stop:.2f} s to stop; load {load()}")
+          f"forked from a forkserver that imports gradnoise once), {first:.2f} s first call, {stop:.2f} s to stop; load {load()}")
 
 
 def same_numbers(a: str, b: str) -> bool:
