@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import sys
 
-from gradnoise.cluster import open_client
+from gradnoise import cluster
+from gradnoise.cluster import estimated_seconds, open_client
 
 #: seconds to wait for a scheduler given with --scheduler before giving up with one error
 CONNECT_TIMEOUT = 5.0
@@ -43,9 +45,21 @@ def check_cluster_arguments(args: argparse.Namespace) -> None:
 
 
 @contextlib.contextmanager
-def client_from_args(args: argparse.Namespace):
+def client_from_args(args: argparse.Namespace, grid=None, replicates: int | None = None):
     """The ``distributed.Client`` the options ask for (``None``: sequential), closed afterwards;
-    bad combinations and an unreachable scheduler are one ``ValueError`` each."""
+    bad combinations and an unreachable scheduler are one ``ValueError`` each.
+
+    Given the ``grid`` and ``replicates`` it will run, ``--workers`` on a grid too small to pay off
+    (:func:`gradnoise.cluster.estimated_seconds` below
+    :data:`~gradnoise.cluster.MIN_CLUSTER_SECONDS`) runs it in this process instead, with the same
+    numbers, and says so in one line on stderr; ``--scheduler`` is always used."""
     check_cluster_arguments(args)
+    if args.workers is not None and grid is not None and replicates is not None:
+        seconds = estimated_seconds(grid, replicates)
+        if seconds < cluster.MIN_CLUSTER_SECONDS:
+            print(f"--workers {args.workers}: this grid is about {seconds:.2g} s of work in one process, too little "
+                  f"to pay off starting workers; running it in this process (the same numbers)", file=sys.stderr)
+            yield None
+            return
     with open_client(args.workers, args.scheduler, timeout=CONNECT_TIMEOUT) as client:
         yield client

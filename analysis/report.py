@@ -276,7 +276,7 @@ def run_report(args: argparse.Namespace) -> int:
                          f"({', '.join(map(str, budgets))}); choose one of them")
     claim = report_outputs(out_dir, {p.spec for p, _, _ in grid})
     sweep_path = os.path.join(out_dir, "sweep.csv")
-    with client_from_args(args) as client:
+    with client_from_args(args, grid, args.replicates) as client:
         outcome = sweep_to_csv(grid, args.replicates, args.seed, sweep_path, progress=not args.quiet,
                                resume=not args.fresh, client=client, threads=args.threads, replace=args.replace)
     results = outcome.results

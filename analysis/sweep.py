@@ -345,7 +345,7 @@ def run_sweep(args: argparse.Namespace) -> int:
             print(f"skipped: {line}", file=sys.stderr)
     if not grid:
         raise ValueError("no valid problem x estimator x budget combination:\n  " + "\n  ".join(skipped))
-    with client_from_args(args) as client:
+    with client_from_args(args, grid, args.replicates) as client:
         outcome = sweep_to_csv(grid, args.replicates, args.seed, args.out, progress=not args.quiet,
                                resume=not args.fresh, client=client, threads=args.threads, replace=args.replace,
                                max_cost_evals=args.max_cost_evals)

@@ -1,8 +1,11 @@
 r"""Cells on a Dask cluster: the engine's rows, computed by Dask workers, in any completion order.
 
 Every cell (problem, estimator, N) of a grid is independent and seeded by its own
-:func:`~gradnoise.engine.cell_seed`, so it can run in any process, on any machine, in any order,
-and give the same numbers. :func:`map_cells` submits one Dask task per cell to a
+:func:`~gradnoise.engine.cell_seed`, and within a cell every block of replicates by its own
+:func:`~gradnoise.engine.block_seed`, so a cell, or a run of its blocks, can run in any process,
+on any machine, in any order, and give the same numbers. :func:`map_cells` cuts a grid into Dask
+tasks (:func:`plan`: consecutive small cells batched, a large cell cut into chunks of blocks that
+run on different workers and are gathered and summarised in the client), submits them to a
 ``distributed.Client`` and yields ``(index in the grid, rows)`` as cells complete; callers put
 the rows back in grid order (:func:`gradnoise.engine.measure`,
 :func:`gradnoise.analysis.sweep.sweep_to_csv`).
@@ -27,8 +30,9 @@ What travels, and what runs where:
 * oracle truths and trained digits checkpoints are read from, or computed once into, the cache
   folder ``$GRADNOISE_CACHE`` of the worker's machine (:func:`gradnoise.io.compute_once`).
 
-A worker that dies mid-cell (killed, out of memory) loses only that attempt: the scheduler
-reruns the cell on another worker, up to ``distributed.scheduler.allowed-failures`` times
+A worker that dies mid-cell (killed, out of memory) loses only that attempt (of a large cell:
+only the chunk it was computing, as finished chunks are fetched and released at once): the
+scheduler reruns the task on another worker, up to ``distributed.scheduler.allowed-failures`` times
 (Dask's default 3), and the result is the same because the cell's seed is. A cell raising an
 error (a NaN cost) is not retried: it fails the same way everywhere.
 
@@ -48,7 +52,8 @@ from typing import Iterator, Sequence
 
 from .base import GradientEstimator, Problem
 from . import provenance
-from .engine import MAX_ELEMENTS, check_threads, measure_cell, torch_threads
+from .engine import (MAX_ELEMENTS, cell_cost_evals, check_threads, chunk_estimates, chunks, gather_chunks, measure_cell,
+                     summarise_estimates, torch_threads)
 
 #: one cell at a time per process (see the module docstring)
 _CELL_LOCK = threading.Lock()
@@ -173,6 +178,15 @@ def rebuild(blob: bytes, what: str, plugin_specs: Sequence[str] = ()):
 BATCH_ELEMENTS = 2**21
 
 
+def run_chunk(problem: Problem, estimator: GradientEstimator, budget: int, replicates: int, seed: int,
+              start: int, stop: int, threads: int | None = 1, max_elements: int = MAX_ELEMENTS):
+    """Blocks ``start .. stop - 1`` of one cell (:func:`~gradnoise.engine.chunk_estimates`:
+    ``(first replicate, {name: (rows, *shape)}, seconds)``), computed in this process at ``threads``
+    intra-op threads (:func:`run_in_cell`); the task a Dask worker runs for a chunk of a large cell."""
+    return run_in_cell(threads, chunk_estimates, problem, estimator, budget, replicates, seed, start, stop,
+                       max_elements=max_elements)
+
+
 def run_cells(problem: Problem, estimator: GradientEstimator, budgets: Sequence[tuple[int, int]], replicates: int,
               seed: int, threads: int | None = 1, max_elements: int = MAX_ELEMENTS) -> list[tuple[int, list[dict]]]:
     """``(index, rows)`` of the cells ``(index, N)`` of one problem and estimator, one after the
@@ -199,21 +213,85 @@ def batches(grid: Sequence[tuple[Problem, GradientEstimator, int]], replicates: 
     return out
 
 
+#: a grid's work is cut into about this many tasks per worker (so that the last tasks to finish
+#: are short next to the whole: the workers end within about a task of each other)
+TASKS_PER_WORKER = 4
+
+
+def cell_work(problem: Problem, estimator: GradientEstimator, budget: int, replicates: int) -> int:
+    """A cell's work in sample-sized elements, what :func:`plan` balances:
+    ``R x (cost_evals_for(problem, N) + amortised_evals(N)) x (E + P)``
+    (:func:`~gradnoise.engine.cell_cost_evals` times the event and parameter elements a sample
+    touches): the measure-valued gradient's 2 N D evaluations count as such, not as N."""
+    return cell_cost_evals(problem, estimator, budget, replicates) * (problem.event_numel() + problem.param_numel())
+
+
+#: :func:`estimated_seconds`' model of one cell at one thread: a fixed cost (building, checking,
+#: summarising: 4-70 ms measured here, the bootstrap interval alone 7 ms a row at R = 200), then
+#: per element of work (:func:`cell_work`: 1-10 ns for the Gaussian and linear-Gaussian-VAE cells
+#: at N = 1000); rough, on the low side, so that it errs towards a cluster
+CELL_SECONDS, ELEMENT_SECONDS = 0.02, 1e-9
+
+#: below this estimated sequential time, ``--workers`` runs the grid in this process (and says so):
+#: starting 2 local workers costs about 2 s on 2 quiet cores (each imports torch and gradnoise),
+#: and each task a few ms, more than such a grid gains
+MIN_CLUSTER_SECONDS = 3.0
+
+
+def estimated_seconds(grid: Sequence[tuple[Problem, GradientEstimator, int]], replicates: int) -> float:
+    """A rough lower estimate of ``grid``'s time in one process at one thread:
+    ``sum(CELL_SECONDS + ELEMENT_SECONDS x cell_work)``; what decides whether a local cluster pays."""
+    return sum(CELL_SECONDS + ELEMENT_SECONDS * cell_work(p, e, n, replicates) for p, e, n in grid)
+
+
+def plan(grid: Sequence[tuple[Problem, GradientEstimator, int]], replicates: int, workers: int) -> list[tuple]:
+    """``grid``'s tasks for ``workers`` workers, largest first: ``("cells", problem, estimator,
+    [(index, N), ...])`` for small cells batched as :func:`batches` does, and ``("chunk", index,
+    start, stop)`` for the chunks of a large cell (blocks ``start .. stop - 1``,
+    :func:`~gradnoise.engine.chunks`).
+
+    A cell is large when its work (:func:`cell_work`) exceeds a task's share,
+    ``max(BATCH_ELEMENTS, grid's work / (TASKS_PER_WORKER x workers))``; it is cut into about
+    ``work / share`` chunks of consecutive blocks (at most one per block), so that one large cell
+    no longer caps the speed-up: the numbers do not depend on the cut (blocks are seeded by index)."""
+    workers = max(1, int(workers))
+    work = [cell_work(p, e, n, replicates) for p, e, n in grid]
+    share = max(BATCH_ELEMENTS, sum(work) / (TASKS_PER_WORKER * workers))
+    tasks: list[tuple[float, tuple]] = []
+    small = [i for i, w in enumerate(work) if w <= share]
+    large = [i for i, w in enumerate(work) if w > share]
+    for problem, estimator, cells in batches([grid[i] for i in small], replicates, workers):
+        cells = [(small[j], n) for j, n in cells]
+        tasks.append((sum(work[i] for i, _ in cells), ("cells", problem, estimator, cells)))
+    for i in large:
+        problem, estimator, n = grid[i]
+        cut = chunks(problem, estimator, n, replicates, math.ceil(work[i] / share))
+        tasks.extend((work[i] * (stop - start) / cut[-1][1], ("chunk", i, start, stop)) for start, stop in cut)
+    tasks.sort(key=lambda task: -task[0])         # largest first: the short ones fill the end
+    return [task for _, task in tasks]
+
+
 def map_cells(
     client, grid: Sequence[tuple[Problem, GradientEstimator, int]], replicates: int, seed: int = 0,
-    *, threads: int | None = 1, max_elements: int = MAX_ELEMENTS,
+    *, threads: int | None = 1, max_elements: int = MAX_ELEMENTS, workers: int | None = None,
 ) -> Iterator[tuple[int, list[dict]]]:
     """``(index, rows)`` of each cell of ``grid`` as it completes on ``client``'s workers.
 
     The rows are those :func:`~gradnoise.engine.measure_cell` gives sequentially at the same
-    ``threads`` (bitwise, every column but ``seconds_per_estimate``). Small cells travel in
-    batches (:func:`batches`). Closing the generator (an interrupt, an error in a cell) cancels
-    the cells not yet finished.
+    ``threads`` (bitwise, every column but ``seconds_per_estimate``). The grid is cut into tasks
+    by :func:`plan` for ``workers`` workers (default: those connected now): small cells travel in
+    batches (:func:`batches`), a large cell as chunks of its blocks (:func:`run_chunk`) whose
+    estimates come back here as each finishes and are gathered in replicate order and summarised
+    in this process (:func:`~gradnoise.engine.gather_chunks`,
+    :func:`~gradnoise.engine.summarise_estimates`, at ``threads``): a worker that dies loses only the chunk
+    it was computing, which Dask reruns elsewhere. Closing the generator (an interrupt, an error
+    in a cell) cancels the tasks not yet finished.
     """
     check_threads(threads)
-    calls = [(p, e, cells, replicates, seed, threads, max_elements)
-             for p, e, cells in batches(grid, replicates, len(client.nthreads()))]
-    finished = map_calls(client, run_cells, calls)
+    tasks = plan(grid, replicates, workers or len(client.nthreads()))
+    calls = [(run_cells, (t[1], t[2], t[3], replicates, seed, threads, max_elements)) if t[0] == "cells" else
+             (run_chunk, (*grid[t[1]], replicates, seed, t[2], t[3], threads, max_elements)) for t in tasks]
+    finished = _map_functions(client, calls)
     # the rows' code_version as this process names it: a user's function sent by value hashes the
     # same on a worker, but a worker's own view of it is not what a resumed sweep here compares
     versions: dict[tuple[int, int], str] = {}
@@ -221,8 +299,24 @@ def map_cells(
         key = (id(problem), id(estimator))
         if key not in versions:
             versions[key] = provenance.cell_version(problem, estimator).text
+    expected: dict[int, int] = {}
+    for task in tasks:
+        if task[0] == "chunk":
+            expected[task[1]] = expected.get(task[1], 0) + 1
+    pieces: dict[int, list] = {}
     try:
-        for _, done in finished:
+        for k, done in finished:
+            if tasks[k][0] == "chunk":
+                index = tasks[k][1]
+                pieces.setdefault(index, []).append(done)
+                if len(pieces[index]) < expected[index]:
+                    continue
+                problem, estimator, n = grid[index]
+                estimates, seconds = gather_chunks(problem, estimator, n, replicates, pieces.pop(index))
+                with torch_threads(threads):        # the column 'threads' records the cell's count
+                    rows = summarise_estimates(problem, estimator, n, seed, estimates, seconds,
+                                               version=versions[(id(problem), id(estimator))])
+                done = [(index, rows)]
             for index, rows in done:
                 problem, estimator, _ = grid[index]
                 for row in rows:
@@ -240,6 +334,11 @@ def map_calls(client, function, calls: Sequence[tuple]) -> Iterator[tuple[int, o
     serialised once each (:func:`serialise`) and rebuilt once per worker that needs them; the
     others travel with each call. Closing the generator cancels the calls not yet finished.
     """
+    return _map_functions(client, [(function, call) for call in calls])
+
+
+def _map_functions(client, calls: Sequence[tuple]) -> Iterator[tuple[int, object]]:
+    """:func:`map_calls` for ``(function, arguments)`` pairs, each call its own function."""
     from distributed import as_completed
 
     from . import plugins
@@ -257,7 +356,9 @@ def map_calls(client, function, calls: Sequence[tuple]) -> Iterator[tuple[int, o
             return sent[id(arg)]
         return arg
 
-    futures = [client.submit(function, *map(send, call), pure=False) for call in calls]
+    # earlier calls first (priority): map_cells lists its largest tasks first
+    futures = [client.submit(function, *map(send, call), pure=False, priority=-k)
+               for k, (function, call) in enumerate(calls)]
     index = {future.key: i for i, future in enumerate(futures)}
     return _as_they_complete(client, futures, index, list(sent.values()), as_completed)
 
@@ -283,20 +384,57 @@ def check_workers(client) -> None:
 
 
 def _as_they_complete(client, futures, index, sent, as_completed):
+    """Yield ``(index, result)`` as futures finish, releasing each finished future (so that a worker
+    lost later holds nothing the scheduler would recompute: only unfinished tasks are rerun)."""
+    waiting = {future.key: future for future in futures}
+    finished = as_completed(futures, with_results=True)     # results fetched in batches
+    futures.clear()
     try:
-        for future, result in as_completed(futures, with_results=True):     # results fetched in batches
-            yield index[future.key], result
+        for future, result in finished:
+            waiting.pop(future.key, None)
+            key = future.key
+            del future
+            yield index[key], result
     finally:
-        pending = [f for f in futures if not f.done()]
+        pending = [f for f in waiting.values() if not f.done()]
         if pending:
             client.cancel(pending)
         client.cancel(sent)
 
 
+#: what the forkserver of :func:`open_client`'s local workers imports once, before forking them
+FORKSERVER_PRELOAD = ["gradnoise", "gradnoise.cluster", "gradnoise.problems", "distributed"]
+
+
+def local_start_method() -> str:
+    """How :func:`open_client` starts local workers: ``"forkserver"`` where the platform has it
+    (Linux), with :data:`FORKSERVER_PRELOAD` imported once in the server, else ``"spawn"``.
+
+    A spawned worker imports torch, scipy and gradnoise itself (each 1-3 s on a quiet core); two
+    workers on 2 cores share them with this process. A forkserver imports them once and forks each
+    worker from itself, single-threaded (so the fork is safe, unlike a fork of this process, whose
+    Dask threads may hold locks: tried, and a worker deadlocked on a stdio lock), and the workers
+    share its pages copy-on-write. Measured on 2 cores at load average 6-7 (other jobs), a
+    2-worker cluster with one cell run: up in 15.5 s against 26.5 s spawned, 775 MiB of summed PSS
+    against 1,009 MiB."""
+    import multiprocessing
+
+    return "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+
+
+def _start_forkserver() -> None:
+    """Start this process's forkserver with :data:`FORKSERVER_PRELOAD` (once; later calls and
+    Dask's own ``set_forkserver_preload`` find it running and leave it as it is)."""
+    import multiprocessing.forkserver
+
+    multiprocessing.forkserver.set_forkserver_preload(FORKSERVER_PRELOAD)
+    multiprocessing.forkserver.ensure_running()
+
+
 def _start_failure(err: Exception) -> str:
     """One line for local Dask workers that failed to start: most often a script without a
     ``__main__`` guard, which each worker process imports again (Python's ``multiprocessing``, whose
-    ``spawn`` start method Dask's nanny uses), so that every worker starts a cluster of its own."""
+    ``forkserver`` and ``spawn`` start methods import the main module again in each child), so that every worker starts a cluster of its own."""
     main = sys.modules.get("__main__")
     script = getattr(main, "__file__", None)
     hint = (f"; {script} runs again in each worker process: put its code under "
@@ -312,9 +450,10 @@ def open_client(workers: int | None = None, scheduler: str | None = None, *, tim
     neither is given (run sequentially, Dask not imported).
 
     The local cluster (``LocalCluster``) has ``workers`` single-threaded worker processes, no
-    dashboard and random ports, and is stopped at the end of the block; its processes start with
-    ``OMP_NUM_THREADS=1`` (Dask's nanny default) and each cell sets its torch thread count itself
-    (:func:`run_cell`). Errors, each one ``ValueError``: ``workers`` < 1, both given, and a
+    dashboard and random ports, and is stopped at the end of the block; its processes are forked
+    from a forkserver that imported gradnoise once (:func:`local_start_method`; spawned where there is
+    none), with ``OMP_NUM_THREADS=1`` (Dask's nanny default); each cell sets its torch thread count
+    itself (:func:`run_cell`). Errors, each one ``ValueError``: ``workers`` < 1, both given, and a
     scheduler that does not answer within ``timeout`` seconds.
     """
     if workers is not None and scheduler is not None:
@@ -332,11 +471,15 @@ def open_client(workers: int | None = None, scheduler: str | None = None, *, tim
     from distributed import Client, LocalCluster
 
     if workers is not None:
+        method = local_start_method()
+        if method == "forkserver":
+            _start_forkserver()
         with warnings.catch_warnings():
             # without a dashboard the scheduler still serves metrics, on another port when 8787 is taken
             warnings.filterwarnings("ignore", message="Port .* is already in use", category=UserWarning)
             # and no MALLOC_TRIM_THRESHOLD_ for the workers: it makes large tensors slow (undo_malloc_trim)
-            with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
+            with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
+                                  "distributed.worker.multiprocessing-method": method}):
                 try:
                     cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                                            dashboard_address=None, silence_logs=logging.ERROR)

@@ -331,15 +331,25 @@ def replicate_estimates(
     Raises :class:`NonFiniteCostError` naming the problem, estimator and budget on NaN or inf.
     """
     _check_counts(budget, replicates)
-    estimator.check(problem, budget)
-    check_memory(problem, replicates, estimator, budget, max_elements=max_elements)
-    device = next(iter(problem.params.values())).device
-    cell = cell_seed(seed, problem.spec, estimator.name, int(budget))
     parts = blocks(problem, estimator, budget, replicates)
     if order is not None:
         if sorted(order) != list(range(len(parts))):
             raise ValueError(f"order must list the block indices 0..{len(parts) - 1} once each, got {list(order)!r}")
         parts = [parts[i] for i in order]
+    out, seconds = _fill_blocks(problem, estimator, budget, replicates, seed, parts, 0, replicates,
+                                max_elements=max_elements)
+    check_estimates(problem, estimator, budget, out)
+    return out, seconds
+
+
+def _fill_blocks(problem, estimator, budget, replicates, seed, parts, first_row, rows, *, max_elements=MAX_ELEMENTS):
+    """The estimates of the blocks ``parts`` (``(index, first replicate, size)``) of a cell, written
+    into one preallocated ``(rows, *shape)`` buffer per parameter at ``first - first_row``."""
+    _check_counts(budget, replicates)
+    estimator.check(problem, budget)
+    check_memory(problem, replicates, estimator, budget, max_elements=max_elements)
+    device = next(iter(problem.params.values())).device
+    cell = cell_seed(seed, problem.spec, estimator.name, int(budget))
     out: dict[str, Tensor] = {}
     where = f"problem {problem.spec!r}, estimator {estimator.name!r}, budget {budget}"
     seconds = 0.0
@@ -353,14 +363,75 @@ def replicate_estimates(
             # one preallocated buffer per parameter: no per-block tensors left between the
             # blocks' large temporaries, which would fragment the heap (RSS grew with R)
             if name not in out:
-                out[name] = torch.empty((replicates, *g.shape[1:]), dtype=g.dtype, device=g.device)
-            out[name][first:first + size] = g
+                out[name] = torch.empty((rows, *g.shape[1:]), dtype=g.dtype, device=g.device)
+            out[name][first - first_row:first - first_row + size] = g
         del grads
-    for name, estimates in out.items():     # once per cell on the whole buffer, not once per block
-        if not all_finite(estimates):
-            raise NonFiniteCostError(f"{where}: the gradient estimate of {name!r} is NaN or inf")
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+    return out, seconds
+
+
+def check_estimates(problem: Problem, estimator: GradientEstimator, budget: int, estimates: dict[str, Tensor]) -> None:
+    """One :class:`NonFiniteCostError` naming the cell and the parameter where a cell's gathered
+    estimates hold a NaN or an inf (checked once per cell, on the whole buffer)."""
+    where = f"problem {problem.spec!r}, estimator {estimator.name!r}, budget {budget}"
+    for name, values in estimates.items():
+        if not all_finite(values):
+            raise NonFiniteCostError(f"{where}: the gradient estimate of {name!r} is NaN or inf")
+
+
+def chunks(problem: Problem, estimator: GradientEstimator, budget: int, replicates: int, parts: int) -> list[tuple[int, int]]:
+    """A cell's blocks (:func:`blocks`) cut into at most ``parts`` runs of consecutive blocks, as
+    ``(first block, stop block)`` ranges of as equal a number of blocks as can be, in order."""
+    count = len(blocks(problem, estimator, budget, replicates))
+    parts = max(1, min(int(parts), count))
+    edges = [round(k * count / parts) for k in range(parts + 1)]
+    return [(a, b) for a, b in zip(edges, edges[1:]) if b > a]
+
+
+def chunk_estimates(
+    problem: Problem, estimator: GradientEstimator, budget: int, replicates: int, seed: int,
+    start: int, stop: int, *, max_elements: int = MAX_ELEMENTS,
+) -> tuple[int, dict[str, Tensor], float]:
+    """Blocks ``start .. stop - 1`` of a cell (:func:`blocks`), each from its own stream
+    (:func:`block_seed`): ``(first replicate, {name: (rows, *shape)}, seconds)``, the rows being
+    replicates ``first .. first + rows - 1`` of the cell, bitwise those :func:`replicate_estimates`
+    puts there. A cell's chunks can run anywhere, in any order; :func:`gather_chunks` puts them
+    back together. Not checked for NaN here: the whole cell is, once gathered."""
+    _check_counts(budget, replicates)
+    parts = blocks(problem, estimator, budget, replicates)[start:stop]
+    if not parts:
+        raise ValueError(f"no blocks {start}..{stop - 1} in a cell of {len(blocks(problem, estimator, budget, replicates))}")
+    first = parts[0][1]
+    rows = parts[-1][1] + parts[-1][2] - first
+    out, seconds = _fill_blocks(problem, estimator, budget, replicates, seed, parts, first, rows,
+                                max_elements=max_elements)
+    return first, out, seconds
+
+
+def gather_chunks(
+    problem: Problem, estimator: GradientEstimator, budget: int, replicates: int,
+    pieces: Iterable[tuple[int, dict[str, Tensor], float]],
+) -> tuple[dict[str, Tensor], float]:
+    """The cell's estimates ``{name: (R, *shape)}`` and seconds from its chunks
+    (:func:`chunk_estimates`, in any order), in replicate order: bitwise what
+    :func:`replicate_estimates` returns. Every replicate must be covered once (else ``ValueError``);
+    a NaN or inf is one :class:`NonFiniteCostError`, as in a sequential run."""
+    out: dict[str, Tensor] = {}
+    seconds, covered = 0.0, 0
+    for first, part, spent in sorted(pieces, key=lambda piece: piece[0]):
+        seconds += spent
+        rows = next(iter(part.values())).shape[0]
+        if first != covered:
+            raise ValueError(f"chunks cover replicates 0..{covered - 1} and then start at {first}")
+        covered += rows
+        for name, g in part.items():
+            if name not in out:
+                out[name] = torch.empty((replicates, *g.shape[1:]), dtype=g.dtype, device=g.device)
+            out[name][first:first + rows] = g
+    if covered != replicates:
+        raise ValueError(f"chunks cover {covered} of {replicates} replicates")
+    check_estimates(problem, estimator, budget, out)
     return out, seconds
 
 

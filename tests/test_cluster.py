@@ -184,7 +184,8 @@ def test_an_object_that_cannot_be_sent_is_named(client):
         gn.measure(problem, "reparam", [4], replicates=R, client=client)
 
 
-def test_sweep_command_with_workers_writes_the_sequential_numbers(tmp_path):
+def test_sweep_command_with_workers_writes_the_sequential_numbers(tmp_path, monkeypatch):
+    monkeypatch.setattr(cluster, "MIN_CLUSTER_SECONDS", 0.0)     # a cluster even for this small grid
     args = ["sweep", "--problem", "gaussian-quadratic", "--estimator", "reinforce", "--estimator", "reparam",
             "--budget", "1", "--budget", "16", "--replicates", "50", "--seed", "3", "--quiet"]
     assert main(args + ["--out", str(tmp_path / "seq.csv")]) == 0
@@ -253,9 +254,127 @@ def test_a_study_on_the_cluster_is_bitwise_the_sequential_run(client, tmp_path):
 def test_workers_running_other_code_are_refused(client):
     from gradnoise import provenance
 
-    client.run(lambda: setattr(provenance, "code_version", lambda: "0123456789ab"))
+    def pretend():
+        provenance._real_code_version = provenance.code_version
+        provenance.code_version = lambda: "0123456789ab"
+
+    def restore():
+        provenance.code_version = provenance.__dict__.pop("_real_code_version")
+
+    client.run(pretend)
     try:
         with pytest.raises(ValueError, match="2 of 2 Dask workers run other gradnoise code .* 0123456789ab"):
             gn.measure("gaussian-quadratic", "reparam", [4], replicates=8, client=client)
     finally:
-        client.restart()                # fresh worker processes, with the real code_version
+        client.run(restore)     # no client.restart(): its 120 s timeout failed on a loaded machine
+    assert set(client.run(provenance.code_version).values()) == {provenance.code_version()}
+
+
+# -- large cells cut into chunks of blocks ---------------------------------------------------------
+
+LARGE = (["gaussian-quadratic-nd", "gaussian-cos:k=5"], ["reinforce", "reparam"], [4, 1000])
+LARGE_R = 600
+
+
+def large_cell_grid():
+    """Two cells of 5 blocks (N = 1000 on gaussian-quadratic-nd: 139 replicates a block) among
+    small cells: :func:`cluster.plan` cuts them into chunks for 1, 2 and 3 workers."""
+    return gn.engine.cells(*LARGE)
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_chunked_cells_are_bitwise_the_sequential_run(workers, client):
+    grid = large_cell_grid()
+    chunked = [t for t in cluster.plan(grid, LARGE_R, workers) if t[0] == "chunk"]
+    big = len(gn.engine.blocks(*grid[1], LARGE_R))
+    assert big == 5 and len({t[1] for t in chunked}) >= 1 and len(chunked) >= 2     # the cut is exercised
+    sequential = pd.DataFrame([r for p, e, n in grid for r in gn.measure_cell(p, e, n, LARGE_R, 0)])
+    if workers == 3:
+        with cluster.open_client(workers=3) as local:
+            assert len(local.nthreads()) == 3
+            done = dict(cluster.map_cells(local, grid, LARGE_R, 0))
+    else:       # 1: the grid cut as for one worker (what the numbers depend on), run on the fixture's two
+        done = dict(cluster.map_cells(client, grid, LARGE_R, 0, workers=workers))
+    on_cluster = pd.DataFrame([r for i in range(len(grid)) for r in done[i]])
+    pd.testing.assert_frame_equal(sequential[STAT_COLUMNS], on_cluster[STAT_COLUMNS], check_exact=True)
+    assert (on_cluster["threads"] == 1).all()
+
+
+def test_chunks_gathered_in_any_order_are_the_cells_estimates():
+    problem, estimator = gn.make_problem("gaussian-quadratic-nd"), gn.get_estimator("reinforce")
+    whole, _ = gn.engine.replicate_estimates(problem, estimator, 1000, LARGE_R, 3)
+    cut = gn.engine.chunks(problem, estimator, 1000, LARGE_R, 3)
+    assert cut == [(0, 2), (2, 3), (3, 5)]
+    pieces = [gn.engine.chunk_estimates(problem, estimator, 1000, LARGE_R, 3, a, b) for a, b in reversed(cut)]
+    gathered, _ = gn.engine.gather_chunks(problem, estimator, 1000, LARGE_R, pieces)
+    assert all(torch.equal(whole[k], gathered[k]) for k in whole)
+    with pytest.raises(ValueError, match="chunks cover replicates 0..277 and then start at 417"):
+        gn.engine.gather_chunks(problem, estimator, 1000, LARGE_R, pieces[::2])
+    # negative control: another seed's chunk in place of one of this cell's is caught
+    other = gn.engine.chunk_estimates(problem, estimator, 1000, LARGE_R, 4, 2, 3)
+    mixed, _ = gn.engine.gather_chunks(problem, estimator, 1000, LARGE_R, [pieces[0], other, pieces[2]])
+    assert not all(torch.equal(whole[k], mixed[k]) for k in whole)
+
+
+def chunk_killing_problem(log: str, marker: str, seeds: dict[int, int]) -> gn.ExpectationProblem:
+    """(x - 1)^2 under N(loc, scale) that logs ``pid block`` for every block it evaluates on a Dask
+    worker (the block known by its stream's seed, ``seeds``: seed -> index) and SIGKILLs its own
+    process once (no ``marker`` yet) at the second block of a chunk that is the first thing this
+    process computes, block index >= 3: the worker then holds no finished chunk of the cell."""
+    def cost(x):
+        try:
+            distributed.get_worker()
+        except ValueError:
+            return (x - 1) ** 2
+        block = seeds.get(torch.initial_seed())
+        if block is not None:
+            with open(log) as fh:
+                mine = [int(b) for p, b in (line.split() for line in fh) if int(p) == os.getpid()]
+            with open(log, "a") as fh:
+                fh.write(f"{os.getpid()} {block}\n")
+            if mine == [block - 1] and block >= 3 and not os.path.exists(marker):
+                open(marker, "w").close()
+                os.kill(os.getpid(), signal.SIGKILL)
+        return (x - 1) ** 2
+
+    return gn.ExpectationProblem(Normal, {"loc": torch.tensor(0.5), "scale": torch.tensor(2.0)}, cost=cost,
+                                 name="normal-chunk-killer",
+                                 expected_cost=lambda p: (p["loc"] - 1) ** 2 + p["scale"] ** 2)
+
+
+def test_a_killed_workers_chunk_not_its_cell_is_recomputed(client, tmp_path):
+    log, marker = str(tmp_path / "blocks.log"), str(tmp_path / "killed-once")
+    open(log, "w").close()
+    n, replicates, seed = 4096, 8 * 341, 5             # 341 replicates a block (2^22 / (4096 x 3)): 8 blocks
+    estimator = gn.get_estimator("reparam")
+    cell = gn.engine.cell_seed(seed, "normal-chunk-killer", "reparam", n)
+    problem = chunk_killing_problem(log, marker, {gn.engine.block_seed(cell, i): i for i in range(8)})
+    grid = [(problem, estimator, n)]
+    tasks = cluster.plan(grid, replicates, 1)
+    assert [t[2:] for t in tasks] == [(0, 2), (2, 4), (4, 6), (6, 8)]      # 4 chunks of 2 blocks
+    reference = gn.measure_cell(problem, estimator, n, replicates, seed)
+    rows = dict(cluster.map_cells(client, grid, replicates, seed, workers=1))[0]
+    assert os.path.exists(marker)                              # a worker was killed mid-chunk
+    with open(log) as fh:
+        computed = [tuple(map(int, line.split())) for line in fh]
+    twice = sorted({b for _, b in computed if [c for _, c in computed].count(b) == 2})
+    killed_pid = next(p for p, b in computed if b in twice)
+    assert len(twice) == 2 and twice[0] % 2 == 0 and twice[1] == twice[0] + 1    # one chunk, both its blocks
+    assert sorted(b for _, b in computed) == sorted(list(range(8)) + twice)     # every other block once
+    first = {}
+    for pid, block in computed:
+        first.setdefault(block, pid)
+    assert first[twice[1]] == killed_pid and [p for p, b in computed if b in twice][2:] != [killed_pid] * 2
+    pd.testing.assert_frame_equal(pd.DataFrame(reference)[STAT_COLUMNS], pd.DataFrame(rows)[STAT_COLUMNS],
+                                  check_exact=True)
+    client.wait_for_workers(2, timeout=60)
+
+
+def test_workers_on_a_grid_too_small_to_pay_off_run_in_this_process(tmp_path, capsys):
+    args = ["sweep", "--problem", "gaussian-quadratic", "--estimator", "reparam", "--budget", "4",
+            "--replicates", "50", "--quiet"]
+    assert main(args + ["--out", str(tmp_path / "seq.csv")]) == 0
+    assert main(args + ["--out", str(tmp_path / "par.csv"), "--workers", "2"]) == 0
+    assert "too little to pay off starting workers; running it in this process" in capsys.readouterr().err
+    seq, par = pd.read_csv(tmp_path / "seq.csv"), pd.read_csv(tmp_path / "par.csv")
+    pd.testing.assert_frame_equal(seq[STAT_COLUMNS], par[STAT_COLUMNS], check_exact=True)
