@@ -134,7 +134,9 @@ def test_toy_training_part_3_runs_single_sample_estimators_and_tests_them_paired
     variance = part3[part3["comparison"].str.startswith("Var(relax) < Var(")]
     assert len(variance) == 6 and set(variance["trajectory"]) == set(toy_training.SINGLE_SAMPLE)
     assert set(variance["other"]) == {"reinforce", "rebar"}
-    assert (variance["seeds"] == sizes.seeds).all() and (variance["points_dropped"] == 0).all()
+    assert (variance["seeds"] == sizes.seeds).all()        # step 0 (sigma = 1/2) is compared in every seed
+    rows = len(single) // len(toy_training.SINGLE_SAMPLE)
+    assert (variance["points"] + variance["points_at_optimum"] + variance["points_not_finite"] == rows).all()
     assert ((variance["ratio_ci_low"] < variance["ratio"]) & (variance["ratio"] < variance["ratio_ci_high"])).all()
     assert len(part3) == 8 and part3["p"].between(0, 1).all()
     # part 3 is its own Holm family: parts 1-2's adjusted p-values are those of their own tests
@@ -150,7 +152,8 @@ def test_toy_training_part_3_runs_single_sample_estimators_and_tests_them_paired
 
 def test_toy_training_part_3_variance_test_catches_a_noisier_relax():
     """The paired test can fail: rows where relax's variance is 4x the others' give ratios near 4,
-    p near 1, and part 3 does not hold; where it is 1/4 of theirs it holds (given the reach)."""
+    p near 1, and part 3 does not hold; where it is 1/4 of theirs it holds (given the reach). Points
+    past the optimum (sigma(theta) < REACHED) are not compared."""
     from gradnoise.analysis.studies import toy_training
 
     rng = np.random.default_rng(0)
@@ -169,6 +172,8 @@ def test_toy_training_part_3_variance_test_catches_a_noisier_relax():
     held, _, tests = toy_training.single_sample_judge(noisy)
     variance = tests[tests["comparison"].str.startswith("Var(")]
     assert not held and (variance["ratio"] > 3).all() and (variance["p"] > 0.99).all()
+    # the last step (sigma(theta) = 0.007, past the optimum threshold) is left out of every comparison
+    assert (variance["points_at_optimum"] == 6).all() and (variance["points"] == 12).all()
     quiet = noisy.copy()
     for column in ("variance", "basket:relax:variance"):   # relax's variance, wherever it is recorded
         is_relax = (quiet["estimator"] == "relax") if column == "variance" else quiet[column].notna()
