@@ -143,6 +143,10 @@ def test_toy_training_part_3_runs_single_sample_estimators_and_tests_them_paired
     first = tests[tests["part"] < 3]
     np.testing.assert_allclose(first["p_holm"], toy_training.train_report.holm(first["p"].to_numpy()))
     np.testing.assert_allclose(part3["p_holm"], toy_training.train_report.holm(part3["p"].to_numpy()))
+    # the descriptive table by sigma(theta) covers exactly the compared points
+    by_sigma = toy_training.variance_by_sigma(single)
+    assert by_sigma.groupby("other")["points"].sum().to_dict() == variance.groupby("other")["points"].sum().to_dict()
+    assert "Var(relax) / Var(other) by sigma(theta)" in (out / "study.md").read_text()
     reached = pd.read_csv(out / "reached.csv")
     assert set(reached.loc[reached["part"] == "3", "estimator"]) == set(toy_training.SINGLE_SAMPLE)
     assert set(outcome.details["parts"]) == {1, 2, 3} and outcome.held == all(outcome.details["parts"].values())

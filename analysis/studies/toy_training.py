@@ -206,6 +206,25 @@ def single_sample_judge(df: pd.DataFrame) -> tuple[bool, list[str], pd.DataFrame
     return held, headline, tests
 
 
+#: sigma(theta) bins of the descriptive table :func:`variance_by_sigma`
+SIGMA_BINS = (REACHED, 0.1, 0.2, 0.35, 0.65, 0.8, 0.9, 1 - REACHED)
+
+
+def variance_by_sigma(df: pd.DataFrame) -> pd.DataFrame:
+    """Descriptive, not a test: the geometric mean of Var(relax) / Var(other) over the compared
+    points (every trajectory) in each bin of sigma(theta) (:data:`SIGMA_BINS`), with the count."""
+    sigma = 1 / (1 + np.exp(-df["param:logits[0]"].astype(float)))
+    bins = pd.cut(sigma, list(SIGMA_BINS), include_lowest=True)
+    rows = []
+    for other in (e for e in SINGLE_SAMPLE if e != CLAIMED_LOWEST):
+        ratio = np.log(variance_of(df, CLAIMED_LOWEST) / variance_of(df, other))
+        ok = np.isfinite(ratio) & bins.notna()
+        for code, r in ratio[ok].groupby(bins.cat.codes[ok]):
+            rows.append({"other": other, "sigma_from": SIGMA_BINS[code], "sigma_to": SIGMA_BINS[code + 1],
+                         "points": int(r.size), "ratio": float(np.exp(r.mean()))})
+    return pd.DataFrame(rows)
+
+
 def single_sample_runs(sizes: Sizes, config: Config) -> pd.DataFrame:
     """Part 3's runs: each of :data:`SINGLE_SAMPLE` drives at N = 1, the other two as its basket."""
     return pd.concat([gn.train(f"bernoulli-toy:t={SINGLE_TARGET}", [driver], SINGLE_BUDGET, steps=sizes.steps, lr=LR,
@@ -277,6 +296,9 @@ The tables after the tests are `gradnoise train`'s report of parts 1 and 2, then
     shown = shown.drop(columns=[c for c in ("other",) if c in shown.columns])
     body = ("### Seeds at the optimum\n\n" + markdown_table(counts) + "\n\n### Tests\n\n"
             + markdown_table(shown.where(shown.notna(), "")) + "\n\n" + report.split("\n", 2)[2].split("## Figures")[0]
+            + "## Part 3: Var(relax) / Var(other) by sigma(theta)\n\nDescriptive (not a test): the geometric mean over "
+            "the compared points of all three trajectories in each bin of sigma(theta).\n\n"
+            + markdown_table(variance_by_sigma(single)) + "\n\n"
             + "## Part 3: final objective of the single-sample runs (mean over seeds, 95% interval)\n\n"
             + markdown_table(train_report.final_table(single)) + "\n")
     outcome = Outcome("toy-training", "Training on the REBAR/RELAX toy (Tucker et al. 2017; Grathwohl et al. 2018)",
