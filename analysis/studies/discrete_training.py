@@ -141,7 +141,8 @@ def equal_evals_judge(df: pd.DataFrame) -> tuple[str, list[str], pd.DataFrame]:
 
 @study("discrete-training", "Training a Bernoulli VAE at equal evaluations: DisARM vs ARM and REINFORCE-LOO; "
        "REBAR and RELAX at 12 evaluations per step",
-       "digits-bernoulli-vae from its initialisation; training ELBO over steps, several seeds (Dong et al. 2020)")
+       "digits-bernoulli-vae from its initialisation; training ELBO over steps, several seeds (Dong et al. 2020); "
+       "REBAR and RELAX at 12 evaluations per step")
 def run(out: Path, config: Config) -> Outcome:
     sizes = QUICK if config.quick else FULL
     problem = gn.make_problem(sizes.problem)
