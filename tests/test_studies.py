@@ -112,6 +112,103 @@ def test_training_studies_write_their_runs_tests_and_figures(quick_runs, name, t
     assert outcome.verdict_text in text and "results.csv" not in text
 
 
+def test_toy_training_part_3_runs_single_sample_estimators_and_tests_them_paired(quick_runs):
+    """Part 3 (Grathwohl et al. 2018, Fig. 1): reinforce, rebar, relax at N = 1 sample per step, so
+    1, 3, 3 evaluations per step; every recorded point has all three variances at the same
+    parameters; the six paired variance tests and two reach tests are computed and Holm-corrected."""
+    from gradnoise.analysis.studies import toy_training
+
+    out, outcome = quick_runs["toy-training"]
+    single = pd.read_csv(out / "train-single.csv")
+    assert set(single["estimator"]) == set(toy_training.SINGLE_SAMPLE) and set(single["budget"]) == {1}
+    assert set(single["problem"]) == {"bernoulli-toy:t=0.499,theta=0"}
+    sizes = toy_training.SINGLE_SIZES[True]
+    per_step = single[single["step"] == sizes.steps].groupby("estimator")["cost_evals"].unique()
+    assert {e: list(v) for e, v in per_step.items()} == {"reinforce": [sizes.steps], "rebar": [3 * sizes.steps],
+                                                         "relax": [3 * sizes.steps]}
+    for est in toy_training.SINGLE_SAMPLE:   # the three variances at every point of every trajectory
+        v = toy_training.variance_of(single, est)
+        assert v.notna().all() and (v > 0).all()
+    tests = pd.read_csv(out / "tests.csv")
+    part3 = tests[tests["part"] == 3]
+    variance = part3[part3["comparison"].str.startswith("Var(relax) < Var(")]
+    assert len(variance) == 6 and set(variance["trajectory"]) == set(toy_training.SINGLE_SAMPLE)
+    assert set(variance["other"]) == {"reinforce", "rebar"}
+    assert (variance["seeds"] == sizes.seeds).all()        # step 0 (sigma = 1/2) is compared in every seed
+    rows = len(single) // len(toy_training.SINGLE_SAMPLE)
+    assert (variance["points"] + variance["points_at_optimum"] + variance["points_not_finite"] == rows).all()
+    assert ((variance["ratio_ci_low"] < variance["ratio"]) & (variance["ratio"] < variance["ratio_ci_high"])).all()
+    assert len(part3) == 8 and part3["p"].between(0, 1).all()
+    # part 3 is its own Holm family: parts 1-2's adjusted p-values are those of their own tests
+    first = tests[tests["part"] < 3]
+    np.testing.assert_allclose(first["p_holm"], toy_training.train_report.holm(first["p"].to_numpy()))
+    np.testing.assert_allclose(part3["p_holm"], toy_training.train_report.holm(part3["p"].to_numpy()))
+    # the descriptive table by sigma(theta) covers exactly the compared points
+    by_sigma = toy_training.variance_by_sigma(single)
+    assert by_sigma.groupby("other")["points"].sum().to_dict() == variance.groupby("other")["points"].sum().to_dict()
+    assert "Var(relax) / Var(other) by sigma(theta)" in (out / "study.md").read_text()
+    reached = pd.read_csv(out / "reached.csv")
+    assert set(reached.loc[reached["part"] == "3", "estimator"]) == set(toy_training.SINGLE_SAMPLE)
+    assert set(outcome.details["parts"]) == {1, 2, 3} and outcome.held == all(outcome.details["parts"].values())
+    assert any(line.startswith("part 3 (Grathwohl") for line in outcome.headline)
+    assert set(toy_training.SINGLE_FIGURES) <= set(outcome.figures)
+
+
+def test_toy_training_part_3_variance_test_catches_a_noisier_relax():
+    """The paired test can fail: rows where relax's variance is 4x the others' give ratios near 4,
+    p near 1, and part 3 does not hold; where it is 1/4 of theirs it holds (given the reach). Points
+    past the optimum (sigma(theta) < REACHED) are not compared."""
+    from gradnoise.analysis.studies import toy_training
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for driver in toy_training.SINGLE_SAMPLE:
+        for seed in range(6):
+            for step in (0, 50, 100):
+                row = {"problem": "bernoulli-toy:t=0.499,theta=0", "estimator": driver, "seed": seed, "step": step,
+                       "steps": 100, "cost_evals": step * (1 if driver == "reinforce" else 3),
+                       "param:logits[0]": -5.0 if step == 100 else 0.0}
+                for est in toy_training.SINGLE_SAMPLE:
+                    value = 0.01 * np.exp(rng.normal(0, 0.1)) * (4.0 if est == "relax" else 1.0)
+                    row["variance" if est == driver else f"basket:{est}:variance"] = value
+                rows.append(row)
+    noisy = pd.DataFrame(rows)
+    held, _, tests = toy_training.single_sample_judge(noisy)
+    variance = tests[tests["comparison"].str.startswith("Var(")]
+    assert not held and (variance["ratio"] > 3).all() and (variance["p"] > 0.99).all()
+    # the last step (sigma(theta) = 0.007, past the optimum threshold) is left out of every comparison
+    assert (variance["points_at_optimum"] == 6).all() and (variance["points"] == 12).all()
+    quiet = noisy.copy()
+    for column in ("variance", "basket:relax:variance"):   # relax's variance, wherever it is recorded
+        is_relax = (quiet["estimator"] == "relax") if column == "variance" else quiet[column].notna()
+        quiet.loc[is_relax, column] /= 16
+    held, _, tests = toy_training.single_sample_judge(quiet)
+    assert held and (tests.loc[tests["comparison"].str.startswith("Var("), "ratio"] < 0.3).all()
+
+
+def test_discrete_training_runs_rebar_and_relax_at_equal_evaluations(quick_runs):
+    """The B = 12 arm: rebar and relax at N = 4, arm and disarm at N = 6 pairs, reinforce-loo at
+    N = 12, every estimator with the same evaluations at every step; six Welch tests, Holm."""
+    from gradnoise.analysis.studies import discrete_training
+
+    out, outcome = quick_runs["discrete-training"]
+    equal = pd.read_csv(out / "train-equal-evals.csv")
+    budgets = equal.groupby("estimator")["budget"].unique().map(list).to_dict()
+    assert budgets == {"rebar": [4], "relax": [4], "arm": [6], "disarm": [6], "reinforce-loo": [12]}
+    assert equal.groupby("step")["cost_evals"].nunique().eq(1).all()
+    last = equal["step"].max()
+    assert set(equal.loc[equal["step"] == last, "cost_evals"]) == {discrete_training.EQUAL_EVALS * last}
+    assert (equal["objective_se"] == 0).all() and not equal["problem"].str.contains("score_term").any()
+    tests = pd.read_csv(out / "tests-equal-evals.csv")
+    assert len(tests) == 6 and set(tests["estimator"]) == {"rebar", "relax"}
+    assert set(tests["other"]) == set(discrete_training.BASELINES)
+    np.testing.assert_allclose(tests["p_holm"], discrete_training.train_report.holm(tests["p"].to_numpy()))
+    assert set(tests["result"]) <= {"lower", "higher", "not significant"}
+    assert ((tests["result"] == "not significant") == (tests["p_holm"] >= discrete_training.ALPHA)).all()
+    assert "REBAR and RELAX at equal evaluations (B = 12" in outcome.verdict_text
+    assert discrete_training.EQUAL_FIGURE in outcome.figures
+
+
 def test_vae_vs_reinforce_covers_every_checkpoint_budget_and_estimator(quick_runs):
     out, _ = quick_runs["vae-vs-reinforce"]
     results = pd.read_csv(out / "results.csv")
