@@ -34,6 +34,7 @@ import pandas as pd
 from scipy import stats
 
 import gradnoise as gn
+from gradnoise.statistics import holm
 from gradnoise.io import Columns, Figure, Markdown, atomic_write_csv, atomic_write_markdown, claim_outputs, fmt, markdown_table
 from gradnoise.training import TRAIN_COLUMNS
 
@@ -57,18 +58,6 @@ def read_train_csv(path: str) -> pd.DataFrame | None:
     if missing:
         raise ValueError(f"{path} is not a gradnoise train.csv (no column {missing[0]!r}); move it away")
     return df
-
-
-def holm(pvalues) -> np.ndarray:
-    """Holm's (1979) step-down adjusted p-values: the k-th smallest times (m - k + 1), made monotone."""
-    p = np.asarray(pvalues, dtype=float)
-    order = np.argsort(p)
-    adjusted = np.empty_like(p)
-    running = 0.0
-    for rank, i in enumerate(order):
-        running = max(running, min(1.0, (len(p) - rank) * p[i]))
-        adjusted[i] = running
-    return adjusted
 
 
 def mean_interval(values, level: float = LEVEL) -> tuple[float, float, float]:

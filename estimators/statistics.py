@@ -90,6 +90,21 @@ def bonferroni_p(z: np.ndarray) -> float:
     return float(min(1.0, z.size * 2 * stats.norm.sf(np.max(z))))
 
 
+def holm(pvalues) -> np.ndarray:
+    r"""Holm's (1979) step-down adjusted p-values, shape of ``pvalues`` flattened: the k-th smallest
+    (k = 1..m) times :math:`m - k + 1`, made non-decreasing in that order and capped at 1. A
+    hypothesis is rejected at family-wise level :math:`\alpha` exactly when its adjusted p-value
+    is at most :math:`\alpha` (:func:`gradnoise.testing.holm_reject`)."""
+    p = np.asarray(pvalues, dtype=float).ravel()
+    order = np.argsort(p, kind="stable")
+    adjusted = np.empty_like(p)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (p.size - rank) * p[i]))
+        adjusted[i] = running
+    return adjusted
+
+
 def delta_variance_interval(y: np.ndarray, level: float = CONFIDENCE) -> tuple[float, float, float]:
     r"""The delta-method interval of a variance written as the mean of squared deviations ``y``.
 

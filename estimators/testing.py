@@ -31,23 +31,16 @@ from scipy import stats
 
 # float32 rounding of one estimate, relative (a few dozen roundings of eps = 2^-23, with a
 # margin); the engine's bias z uses the same floor
-from gradnoise.statistics import ROUNDING
+from gradnoise.statistics import ROUNDING, holm
 
 # family-wise level equal to a single two-sided 4-standard-error test
 ALPHA = float(2 * stats.norm.sf(4.0))
 
 
 def holm_reject(pvalues: np.ndarray, alpha: float = ALPHA) -> np.ndarray:
-    """Holm's step-down procedure: which hypotheses are rejected at family-wise level ``alpha``."""
-    p = np.asarray(pvalues, dtype=float).ravel()
-    order = np.argsort(p)
-    m = p.size
-    reject = np.zeros(m, dtype=bool)
-    for rank, idx in enumerate(order):
-        if p[idx] > alpha / (m - rank):
-            break
-        reject[idx] = True
-    return reject
+    """Holm's step-down procedure: which hypotheses are rejected at family-wise level ``alpha``
+    (:func:`gradnoise.statistics.holm`'s adjusted p-values at most ``alpha``)."""
+    return holm(pvalues) <= alpha
 
 
 def bias_pvalues(estimates: dict[str, torch.Tensor], truth) -> np.ndarray:
