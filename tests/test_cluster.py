@@ -342,7 +342,8 @@ def chunk_killing_problem(log: str, marker: str, seeds: dict[int, int]) -> gn.Ex
                                  expected_cost=lambda p: (p["loc"] - 1) ** 2 + p["scale"] ** 2)
 
 
-def test_a_killed_workers_chunk_not_its_cell_is_recomputed(client, tmp_path):
+def test_a_killed_workers_chunk_not_its_cell_is_recomputed(client, tmp_path, monkeypatch):
+    monkeypatch.setattr(cluster, "TASKS_PER_WORKER", 4)   # the plan below: 4 chunks of 2 blocks each
     log, marker = str(tmp_path / "blocks.log"), str(tmp_path / "killed-once")
     open(log, "w").close()
     n, replicates, seed = 4096, 8 * 341, 5             # 341 replicates a block (2^22 / (4096 x 3)): 8 blocks

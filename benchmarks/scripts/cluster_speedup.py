@@ -12,7 +12,8 @@ alternately (``--repeats`` times each, into fresh output folders), and prints
   the repeats);
 * the peak memory of the whole process tree (the command and its workers), as the sum of each
   process's proportional set size (PSS, ``/proc/PID/smaps_rollup``: pages shared by forked
-  workers counted once overall), sampled every 50 ms, and its ratio to the sequential run's;
+  workers counted once overall), sampled every 0.5 s (more often costs the measured command a
+  good part of a core), and its ratio to the sequential run's;
 * the CPU seconds of each command with its workers (user + system): on a shared machine the wall
   times mostly measure the other jobs, the CPU seconds what the command spends;
 * whether every column but ``seconds_per_estimate`` of the results is bitwise the same;
@@ -113,6 +114,10 @@ def load() -> str:
         return " ".join(fh.read().split()[:3])
 
 
+#: PSS is sampled every PSS_EVERY x 50 ms (0.5 s)
+PSS_EVERY = 10
+
+
 def timed(args: list[str], env: dict) -> tuple[float, float, str, float]:
     """Run ``python -m gradnoise.analysis ARGS``: (wall seconds, peak PSS of its process tree in
     MiB, its stderr, CPU seconds of the command and its workers: user + system, the larger of
@@ -126,11 +131,18 @@ def timed(args: list[str], env: dict) -> tuple[float, float, str, float]:
     peak, done, cpu = [0.0], threading.Event(), {}
 
     def sample():
+        # /proc/PID/stat every 50 ms (cheap); smaps_rollup, which walks each process's page tables
+        # in the kernel, every PSS_EVERY-th time only: read every 50 ms over a 2-worker tree it took
+        # a good part of a core from the command it measures (a 36-cell grid's --workers 2 run took
+        # 48.7 s sampled so, 37-38 s under /usr/bin/time, on 2 quiet cores)
+        tick = 0
         while not done.is_set():
             pids = tree(proc.pid)
-            peak[0] = max(peak[0], sum(pss_mib(p) for p in pids))
+            if tick % PSS_EVERY == 0:
+                peak[0] = max(peak[0], sum(pss_mib(p) for p in pids))
             for p in pids:
                 cpu[p] = max(cpu.get(p, 0.0), cpu_seconds(p))
+            tick += 1
             done.wait(0.05)
 
     sampler = threading.Thread(target=sample, daemon=True)
