@@ -57,10 +57,16 @@ TEXT_COLUMNS = ["problem", "estimator", "param", "truth_kind", "code_version"]
 MAX_ELEMENTS = 2**22
 
 
+def derived_seed(*parts) -> int:
+    """A 63-bit seed from ``parts`` (their ``str`` joined by ``|``): blake2b, stable across runs,
+    platforms and Python versions; what every seed of a cell, block or training run is derived by."""
+    key = "|".join(str(part) for part in parts).encode()
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1
+
+
 def cell_seed(seed: int, problem: str, estimator: str, budget: int) -> int:
     """A 63-bit seed derived from the cell, stable across runs, platforms and Python versions."""
-    key = f"{seed}|{problem}|{estimator}|{budget}".encode()
-    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1
+    return derived_seed(seed, problem, estimator, budget)
 
 
 @contextlib.contextmanager
@@ -277,8 +283,7 @@ def block_seed(cell: int, index: int) -> int:
     of (cell seed, index)."""
     if index == 0:
         return cell
-    key = f"{cell}|block {index}".encode()
-    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1
+    return derived_seed(cell, f"block {index}")
 
 
 @contextlib.contextmanager

@@ -21,7 +21,6 @@ step, :data:`TRAIN_COLUMNS`); see its docstring and docs/train.md.
 """
 from __future__ import annotations
 
-import hashlib
 import math
 import numbers
 import time
@@ -36,6 +35,7 @@ from torch import Tensor
 from . import provenance
 from .base import (GradientEstimator, NonFiniteCostError, Objective, Problem,
                    all_finite, forked_stream, replicate, sample_detached)
+from .engine import derived_seed
 from .registry import get_estimator, make_problem
 
 
@@ -111,12 +111,6 @@ class TrainSettings:
     seed_group: int = SEED_GROUP
     #: the objective recorded (None: the one the estimator's gradient targets)
     objective: Objective | None = None
-
-
-def _derived(*parts) -> int:
-    """A 63-bit seed from ``parts`` (like :func:`gradnoise.engine.cell_seed`)."""
-    key = "|".join(str(p) for p in parts).encode()
-    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1
 
 
 def group_seed(settings: TrainSettings, problem: Problem, estimator: GradientEstimator, budget: int, group: int) -> int:
@@ -256,7 +250,7 @@ def train_group(problem: Problem, estimator: GradientEstimator, budget: int, set
         exact = [problem.exact_objective({k: v[j] for k, v in now.items()}, objective) for j in range(size)]
         if any(e is None for e in exact):
             mean, se = objective_estimate(problem, now, objective, settings.objective_samples,
-                                          _derived(stream, "objective", step))
+                                          derived_seed(stream, "objective", step))
         for j in range(size):
             point = {k: v[j] for k, v in now.items()}
             if exact[j] is not None:
@@ -278,7 +272,7 @@ def train_group(problem: Problem, estimator: GradientEstimator, budget: int, set
                 at = problem.at(point)
                 for label, est, n in [(None, estimator, budget)] + [(b.name, b, nb) for b, nb in basket]:
                     g, _ = replicate_estimates(at, est, n, settings.variance_replicates,
-                                               _derived(stream, "variance", first + j, step, est.name))
+                                               derived_seed(stream, "variance", first + j, step, est.name))
                     flat = torch.cat([v.reshape(v.shape[0], -1) for v in g.values()], 1).double().cpu().numpy()
                     v, lo, hi = variance_interval(flat)
                     prefix = "" if label is None else f"basket:{label}:"
