@@ -46,20 +46,29 @@ def check_cluster_arguments(args: argparse.Namespace) -> None:
 
 @contextlib.contextmanager
 def client_from_args(args: argparse.Namespace, grid=None, replicates: int | None = None):
-    """The ``distributed.Client`` the options ask for (``None``: sequential), closed afterwards;
-    bad combinations and an unreachable scheduler are one ``ValueError`` each.
+    """What the options ask to run the cells on (:func:`gradnoise.cluster.open_client`): ``None``
+    (this process), local workers (``--workers N``: forked from this process,
+    :class:`gradnoise.pool.LocalPool`, or a Dask ``LocalCluster`` where forking is not safe) or a
+    running Dask cluster (``--scheduler``), closed afterwards; bad combinations and an unreachable
+    scheduler are one ``ValueError`` each.
 
     Given the ``grid`` and ``replicates`` it will run, ``--workers`` on a grid too small to pay off
-    (:func:`gradnoise.cluster.estimated_seconds` below
-    :data:`~gradnoise.cluster.MIN_CLUSTER_SECONDS`) runs it in this process instead, with the same
-    numbers, and says so in one line on stderr; ``--scheduler`` is always used."""
+    (:func:`gradnoise.cluster.estimated_seconds` below :data:`~gradnoise.cluster.MIN_LOCAL_SECONDS`
+    for forked workers, :data:`~gradnoise.cluster.MIN_CLUSTER_SECONDS` for a Dask cluster) runs it
+    in this process instead, with the same numbers, and says so in one line on stderr;
+    ``--scheduler`` is always used."""
     check_cluster_arguments(args)
+    device = getattr(args, "device", "cpu")
     if args.workers is not None and grid is not None and replicates is not None:
+        from gradnoise.pool import usable
+
         seconds = estimated_seconds(grid, replicates)
-        if seconds < cluster.MIN_CLUSTER_SECONDS:
+        forked = usable(args.threads, device)
+        if seconds < (cluster.MIN_LOCAL_SECONDS if forked else cluster.MIN_CLUSTER_SECONDS):
             print(f"--workers {args.workers}: this grid is about {seconds:.2g} s of work in one process, too little "
                   f"to pay off starting workers; running it in this process (the same numbers)", file=sys.stderr)
             yield None
             return
-    with open_client(args.workers, args.scheduler, timeout=CONNECT_TIMEOUT) as client:
+    with open_client(args.workers, args.scheduler, timeout=CONNECT_TIMEOUT, threads=args.threads,
+                     device=device) as client:
         yield client

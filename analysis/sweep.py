@@ -289,7 +289,7 @@ def _sweep_locked(grid, replicates, seed, out, *, progress, resume, client=None,
     try:
         if bar is not None:
             bar.set_postfix_str(f"cell 1/{len(todo)}: {label(0)}" if client is None else
-                                f"0/{len(todo)} cells on {len(client.nthreads())} Dask workers")
+                                f"0/{len(todo)} cells on {len(client.nthreads())} workers")
         with gn.engine.torch_threads(threads) if client is None else contextlib.nullcontext():
             for i, rows in finished:
                 if fh is None:

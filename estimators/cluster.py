@@ -239,6 +239,11 @@ CELL_SECONDS, ELEMENT_SECONDS = 0.02, 1e-9
 #: and each task a few ms, more than such a grid gains
 MIN_CLUSTER_SECONDS = 3.0
 
+#: the same for forked local workers (:class:`gradnoise.pool.LocalPool`), which start in
+#: milliseconds: below it the forks, the results' pickling and the estimate's error cost more
+#: than a second core gains
+MIN_LOCAL_SECONDS = 1.0
+
 
 def estimated_seconds(grid: Sequence[tuple[Problem, GradientEstimator, int]], replicates: int) -> float:
     """A rough lower estimate of ``grid``'s time in one process at one thread:
@@ -341,6 +346,10 @@ def map_calls(client, function, calls: Sequence[tuple]) -> Iterator[tuple[int, o
 
 def _map_functions(client, calls: Sequence[tuple]) -> Iterator[tuple[int, object]]:
     """:func:`map_calls` for ``(function, arguments)`` pairs, each call its own function."""
+    from .pool import LocalPool
+
+    if isinstance(client, LocalPool):        # forked from this process: same code, plugins, objects
+        return client.map(calls)
     from distributed import as_completed
 
     from . import plugins
@@ -446,17 +455,21 @@ def _start_failure(err: Exception) -> str:
 
 
 @contextlib.contextmanager
-def open_client(workers: int | None = None, scheduler: str | None = None, *, timeout: float = 5.0):
-    """A ``distributed.Client`` for the block: on a new local cluster of ``workers`` processes, or
-    connected to the running scheduler at ``scheduler`` (``tcp://HOST:PORT``); ``None`` when
+def open_client(workers: int | None = None, scheduler: str | None = None, *, timeout: float = 5.0,
+                threads: int | None = 1, device: str | None = "cpu", local: str = "auto"):
+    """What runs the block's cells elsewhere: ``workers`` local worker processes, or the running
+    Dask scheduler at ``scheduler`` (``tcp://HOST:PORT``, a ``distributed.Client``); ``None`` when
     neither is given (run sequentially, Dask not imported).
 
-    The local cluster (``LocalCluster``) has ``workers`` single-threaded worker processes, no
-    dashboard and random ports, and is stopped at the end of the block; its processes are forked
-    from a forkserver that imported gradnoise once (:func:`local_start_method`; spawned where there is
-    none), with ``OMP_NUM_THREADS=1`` (Dask's nanny default); each cell sets its torch thread count
-    itself (:func:`run_cell`). Errors, each one ``ValueError``: ``workers`` < 1, both given, and a
-    scheduler that does not answer within ``timeout`` seconds.
+    Local workers are, by default (``local="auto"``), a :class:`gradnoise.pool.LocalPool`: forked
+    from this process when a map starts, where that is safe (:func:`gradnoise.pool.usable`: cells
+    at ``threads`` = 1 on the CPU, on Linux). Otherwise (or with ``local="dask"``) they are a Dask
+    ``LocalCluster`` of ``workers`` single-threaded worker processes, no dashboard and random
+    ports, stopped at the end of the block; its processes are forked from a forkserver that
+    imported gradnoise once (:func:`local_start_method`; spawned where there is none), with
+    ``OMP_NUM_THREADS=1`` (Dask's nanny default); each cell sets its torch thread count itself
+    (:func:`run_cell`). Errors, each one ``ValueError``: ``workers`` < 1, both given, an unknown
+    ``local``, and a scheduler that does not answer within ``timeout`` seconds.
     """
     if workers is not None and scheduler is not None:
         raise ValueError("give either --workers N (start a local cluster) or --scheduler ADDRESS "
@@ -464,9 +477,17 @@ def open_client(workers: int | None = None, scheduler: str | None = None, *, tim
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
         raise ValueError(f"--workers must be an integer >= 1 (worker processes to start), got {workers!r}; "
                          f"leave it out to run in this process")
+    if local not in ("auto", "fork", "dask"):
+        raise ValueError(f"local must be 'auto', 'fork' or 'dask', got {local!r}")
     if workers is None and scheduler is None:
         yield None
         return
+    if workers is not None and local != "dask":
+        from .pool import LocalPool, usable
+
+        if local == "fork" or usable(threads, device):
+            yield LocalPool(workers)
+            return
     import logging
 
     import dask

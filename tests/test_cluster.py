@@ -1,8 +1,10 @@
-"""Grids on a real Dask LocalCluster (2 worker processes): the same numbers, bitwise, as the
-sequential engine; resume after an interruption; a killed worker's cell retried; caches written
-once under a race; clear errors for what cannot be sent or reached."""
+"""Grids on a real Dask LocalCluster (2 worker processes) and on local workers forked from this
+process (:class:`gradnoise.pool.LocalPool`, what ``--workers`` runs on): the same numbers, bitwise,
+as the sequential engine; resume after an interruption; a killed worker's cell, or chunk, retried;
+caches written once under a race; clear errors for what cannot be sent or reached."""
 from __future__ import annotations
 
+import multiprocessing
 import os
 import re
 import signal
@@ -20,6 +22,7 @@ import gradnoise as gn
 from gradnoise.analysis import sweep
 from gradnoise.analysis.cli import main
 from gradnoise import cluster, io
+from gradnoise.pool import LocalPool
 from gradnoise.problems import oracle_truth
 
 import cloudpickle  # noqa: E402  (dask[distributed] is a dependency: no skip)
@@ -34,6 +37,10 @@ BUDGETS = [2, 8, 32]
 R = 64
 
 
+#: this test process: a cost evaluated in another process is on a worker (Dask's or a forked one)
+TEST_PID = os.getpid()
+
+
 @pytest.fixture(scope="module")
 def client(tmp_path_factory):
     cache = tmp_path_factory.mktemp("worker-cache")
@@ -43,6 +50,19 @@ def client(tmp_path_factory):
         yield c
 
 
+def forked_workers() -> list:
+    """The local workers (:class:`LocalPool`) of this process still alive."""
+    return [p for p in multiprocessing.active_children() if p.name == "gradnoise-local"]
+
+
+@pytest.fixture(params=["dask", "fork"])
+def runner(request):
+    """Where cells run besides this process: the module's Dask cluster, or 2 forked local workers."""
+    if request.param == "dask":
+        return request.getfixturevalue("client")
+    return LocalPool(2)
+
+
 def gamma_problem() -> gn.ExpectationProblem:
     """Bring-your-own: a lambda cost and an oracle truth (no closed form), sent by cloudpickle."""
     return gn.ExpectationProblem(Gamma, {"concentration": torch.tensor(2.0), "rate": torch.tensor(1.5)},
@@ -50,12 +70,10 @@ def gamma_problem() -> gn.ExpectationProblem:
 
 
 def killing_problem(marker: str) -> gn.ExpectationProblem:
-    """(x - 1)^2 under N(loc, scale); on a Dask worker, the first evaluation ever (no ``marker``
+    """(x - 1)^2 under N(loc, scale); on a worker (Dask's or forked), the first evaluation ever (no ``marker``
     file yet) creates the marker and SIGKILLs its own process, mid-cell."""
     def cost(x):
-        try:
-            distributed.get_worker()
-        except ValueError:
+        if os.getpid() == TEST_PID:
             return (x - 1) ** 2          # not on a worker: the sequential reference
         if not os.path.exists(marker):
             open(marker, "w").close()
@@ -67,7 +85,8 @@ def killing_problem(marker: str) -> gn.ExpectationProblem:
                                  expected_cost=lambda p: (p["loc"] - 1) ** 2 + p["scale"] ** 2)
 
 
-def test_measure_on_the_cluster_is_bitwise_the_sequential_run(client):
+def test_measure_on_the_cluster_is_bitwise_the_sequential_run(runner):
+    client = runner
     problems = ["gaussian-cos:k=5", "bernoulli-toy", gamma_problem()]
     kw = dict(replicates=R, seed=7, on_invalid="skip")
     sequential = gn.measure(problems, ESTIMATORS, BUDGETS, **kw)
@@ -82,9 +101,9 @@ def test_measure_on_the_cluster_is_bitwise_the_sequential_run(client):
     assert len(client.nthreads()) == 2
 
 
-def test_negative_control_another_seed_differs(client):
-    a = gn.measure("gaussian-cos:k=5", "reinforce", [8], replicates=R, seed=7, client=client)
-    b = gn.measure("gaussian-cos:k=5", "reinforce", [8], replicates=R, seed=8, client=client)
+def test_negative_control_another_seed_differs(runner):
+    a = gn.measure("gaussian-cos:k=5", "reinforce", [8], replicates=R, seed=7, client=runner)
+    b = gn.measure("gaussian-cos:k=5", "reinforce", [8], replicates=R, seed=8, client=runner)
     assert not (a["mean"].to_numpy() == b["mean"].to_numpy()).any()
 
 
@@ -105,7 +124,8 @@ class StopAfter:
             yield item
 
 
-def test_interrupted_cluster_sweep_resumes_with_the_same_numbers(client, tmp_path, monkeypatch):
+def test_interrupted_cluster_sweep_resumes_with_the_same_numbers(runner, tmp_path, monkeypatch):
+    client = runner
     grid = gn.engine.cells(["gaussian-quadratic", "gaussian-exp"], ESTIMATORS, BUDGETS)
     reference = sweep.sweep_to_csv(grid, R, 3, tmp_path / "ref.csv", progress=False).results
     out = tmp_path / "out.csv"
@@ -114,6 +134,8 @@ def test_interrupted_cluster_sweep_resumes_with_the_same_numbers(client, tmp_pat
     with pytest.raises(KeyboardInterrupt):
         sweep.sweep_to_csv(grid, R, 3, out, progress=False, client=client)
     assert not out.exists()
+    if isinstance(client, LocalPool):
+        assert not forked_workers()          # forked workers stopped with the map
     with open(sweep.partial_path(out)) as fh:
         assert len(fh.readlines()) == 5                       # the finished cells, as they arrived
     second = StopAfter()
@@ -125,14 +147,17 @@ def test_interrupted_cluster_sweep_resumes_with_the_same_numbers(client, tmp_pat
     pd.testing.assert_frame_equal(reference[STAT_COLUMNS], pd.read_csv(out)[STAT_COLUMNS], check_exact=True)
 
 
-def test_a_killed_workers_cell_is_retried_with_the_same_result(client, tmp_path):
+def test_a_killed_workers_cell_is_retried_with_the_same_result(runner, tmp_path):
     marker = str(tmp_path / "killed-once")
     problem = killing_problem(marker)
     reference = gn.measure(problem, ["reinforce", "reparam"], [4], replicates=R, seed=1)
-    result = gn.measure(problem, ["reinforce", "reparam"], [4], replicates=R, seed=1, client=client)
+    result = gn.measure(problem, ["reinforce", "reparam"], [4], replicates=R, seed=1, client=runner)
     assert os.path.exists(marker)                             # a worker was killed mid-cell
     pd.testing.assert_frame_equal(reference[STAT_COLUMNS], result[STAT_COLUMNS], check_exact=True)
-    client.wait_for_workers(2, timeout=60)                    # the nanny restarted it
+    if isinstance(runner, LocalPool):
+        assert runner.replaced == 1 and not forked_workers()
+    else:
+        runner.wait_for_workers(2, timeout=60)                # the nanny restarted it
 
 
 def _count_and_compute(counter: str, value: float):
@@ -240,11 +265,11 @@ def test_no_dask_import_without_a_client():
     assert out.stdout.strip() == "[]"
 
 
-def test_a_study_on_the_cluster_is_bitwise_the_sequential_run(client, tmp_path):
+def test_a_study_on_the_cluster_is_bitwise_the_sequential_run(runner, tmp_path):
     from gradnoise.analysis.studies import Config, run_study
 
     run_study("iwae-snr", tmp_path / "seq", Config(quick=True))
-    run_study("iwae-snr", tmp_path / "par", Config(quick=True, client=client))
+    run_study("iwae-snr", tmp_path / "par", Config(quick=True, client=runner))
     for name in ("results.csv", "snr.csv", "snr_fits.csv"):
         seq, par = pd.read_csv(tmp_path / "seq" / name), pd.read_csv(tmp_path / "par" / name)
         columns = [c for c in seq.columns if c != "seconds_per_estimate"]
@@ -282,19 +307,24 @@ def large_cell_grid():
     return gn.engine.cells(*LARGE)
 
 
+@pytest.mark.parametrize("local", [False, True], ids=["dask", "fork"])
 @pytest.mark.parametrize("workers", [1, 2, 3])
-def test_chunked_cells_are_bitwise_the_sequential_run(workers, client):
+def test_chunked_cells_are_bitwise_the_sequential_run(workers, local, request):
     grid = large_cell_grid()
     chunked = [t for t in cluster.plan(grid, LARGE_R, workers) if t[0] == "chunk"]
     big = len(gn.engine.blocks(*grid[1], LARGE_R))
     assert big == 5 and len({t[1] for t in chunked}) >= 1 and len(chunked) >= 2     # the cut is exercised
     sequential = pd.DataFrame([r for p, e, n in grid for r in gn.measure_cell(p, e, n, LARGE_R, 0)])
-    if workers == 3:
-        with cluster.open_client(workers=3) as local:
-            assert len(local.nthreads()) == 3
-            done = dict(cluster.map_cells(local, grid, LARGE_R, 0))
+    if local:           # forked workers, as many as the plan is cut for
+        with cluster.open_client(workers=workers) as pool:
+            assert isinstance(pool, LocalPool) and len(pool.nthreads()) == workers
+            done = dict(cluster.map_cells(pool, grid, LARGE_R, 0))
+    elif workers == 3:
+        with cluster.open_client(workers=3, local="dask") as dask_client:
+            assert len(dask_client.nthreads()) == 3
+            done = dict(cluster.map_cells(dask_client, grid, LARGE_R, 0))
     else:       # 1: the grid cut as for one worker (what the numbers depend on), run on the fixture's two
-        done = dict(cluster.map_cells(client, grid, LARGE_R, 0, workers=workers))
+        done = dict(cluster.map_cells(request.getfixturevalue("client"), grid, LARGE_R, 0, workers=workers))
     on_cluster = pd.DataFrame([r for i in range(len(grid)) for r in done[i]])
     pd.testing.assert_frame_equal(sequential[STAT_COLUMNS], on_cluster[STAT_COLUMNS], check_exact=True)
     assert (on_cluster["threads"] == 1).all()
@@ -317,14 +347,12 @@ def test_chunks_gathered_in_any_order_are_the_cells_estimates():
 
 
 def chunk_killing_problem(log: str, marker: str, seeds: dict[int, int]) -> gn.ExpectationProblem:
-    """(x - 1)^2 under N(loc, scale) that logs ``pid block`` for every block it evaluates on a Dask
+    """(x - 1)^2 under N(loc, scale) that logs ``pid block`` for every block it evaluates on a
     worker (the block known by its stream's seed, ``seeds``: seed -> index) and SIGKILLs its own
     process once (no ``marker`` yet) at the second block of a chunk that is the first thing this
     process computes, block index >= 3: the worker then holds no finished chunk of the cell."""
     def cost(x):
-        try:
-            distributed.get_worker()
-        except ValueError:
+        if os.getpid() == TEST_PID:
             return (x - 1) ** 2
         block = seeds.get(torch.initial_seed())
         if block is not None:
@@ -342,7 +370,7 @@ def chunk_killing_problem(log: str, marker: str, seeds: dict[int, int]) -> gn.Ex
                                  expected_cost=lambda p: (p["loc"] - 1) ** 2 + p["scale"] ** 2)
 
 
-def test_a_killed_workers_chunk_not_its_cell_is_recomputed(client, tmp_path, monkeypatch):
+def test_a_killed_workers_chunk_not_its_cell_is_recomputed(runner, tmp_path, monkeypatch):
     monkeypatch.setattr(cluster, "TASKS_PER_WORKER", 4)   # the plan below: 4 chunks of 2 blocks each
     log, marker = str(tmp_path / "blocks.log"), str(tmp_path / "killed-once")
     open(log, "w").close()
@@ -354,7 +382,7 @@ def test_a_killed_workers_chunk_not_its_cell_is_recomputed(client, tmp_path, mon
     tasks = cluster.plan(grid, replicates, 1)
     assert [t[2:] for t in tasks] == [(0, 2), (2, 4), (4, 6), (6, 8)]      # 4 chunks of 2 blocks
     reference = gn.measure_cell(problem, estimator, n, replicates, seed)
-    rows = dict(cluster.map_cells(client, grid, replicates, seed, workers=1))[0]
+    rows = dict(cluster.map_cells(runner, grid, replicates, seed, workers=1))[0]
     assert os.path.exists(marker)                              # a worker was killed mid-chunk
     with open(log) as fh:
         computed = [tuple(map(int, line.split())) for line in fh]
@@ -368,7 +396,10 @@ def test_a_killed_workers_chunk_not_its_cell_is_recomputed(client, tmp_path, mon
     assert first[twice[1]] == killed_pid and [p for p, b in computed if b in twice][2:] != [killed_pid] * 2
     pd.testing.assert_frame_equal(pd.DataFrame(reference)[STAT_COLUMNS], pd.DataFrame(rows)[STAT_COLUMNS],
                                   check_exact=True)
-    client.wait_for_workers(2, timeout=60)
+    if isinstance(runner, LocalPool):
+        assert runner.replaced == 1
+    else:
+        runner.wait_for_workers(2, timeout=60)
 
 
 def test_workers_on_a_grid_too_small_to_pay_off_run_in_this_process(tmp_path, capsys):

@@ -233,7 +233,7 @@ def test_a_worker_without_the_plugin_is_one_error_naming_it(isolated, tmp_path):
             "Leave-one-out, from a module only the client can import."
             return gn.ScoreFunction(LeaveOneOut())
     """)
-    with open_client(workers=1) as client:
+    with open_client(workers=1, local="dask") as client:
         sys.path.insert(0, str(tmp_path))            # after the worker started: it cannot import the module
         try:
             plugins.load("gn18_client_only")
@@ -387,7 +387,7 @@ def test_a_script_without_a_main_guard_is_told_so(tmp_path):
     script = write(tmp_path / "no_guard.py", """
         import gradnoise as gn
         from gradnoise.cluster import open_client
-        with open_client(workers=1) as client:
+        with open_client(workers=1, local="dask") as client:
             gn.measure("gaussian-cos", ["reinforce"], [2], replicates=20, client=client)
     """)
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env(), cwd=tmp_path,

@@ -1,0 +1,140 @@
+"""Local workers forked from this process (:class:`gradnoise.pool.LocalPool`): errors come back as
+themselves, a worker that keeps dying is one error, closing a map stops its workers, and what
+``--workers`` runs on needs neither Dask nor a ``__main__`` guard. (The numbers, bitwise, and a
+killed worker's cell or chunk: ``tests/test_cluster.py``, parametrised over Dask and these.)"""
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+
+import pytest
+import torch
+from torch.distributions import Normal
+
+import gradnoise as gn
+from gradnoise import cluster, pool
+from gradnoise.pool import LocalPool, RemoteTraceback
+
+TEST_PID = os.getpid()
+
+
+def forked_workers() -> list:
+    return [p for p in multiprocessing.active_children() if p.name == "gradnoise-local"]
+
+
+def square(x):
+    return x * x
+
+
+def fail(x):
+    raise KeyError(f"no entry {x}")
+
+
+def unpicklable(_):
+    return threading.Lock()
+
+
+def die(_):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_results_come_back_for_every_call_on_other_processes():
+    calls = [(square, (k,)) for k in range(20)] + [(os.getpid, ())]
+    done = dict(LocalPool(3).map(calls))
+    assert [done[k] for k in range(20)] == [k * k for k in range(20)]
+    assert done[20] != TEST_PID                    # ran in a forked worker
+    assert not forked_workers()
+    assert list(LocalPool(2).map([])) == []
+
+
+def test_an_error_in_a_worker_is_raised_here_as_itself_with_its_traceback():
+    with pytest.raises(KeyError, match="no entry 3") as info:
+        list(LocalPool(2).map([(square, (1,)), (fail, (3,)), (square, (2,))]))
+    assert isinstance(info.value.__cause__, RemoteTraceback)
+    assert "in a local worker process, running fail(...)" in str(info.value.__cause__)
+    assert 'raise KeyError(f"no entry {x}")' in str(info.value.__cause__)
+    assert not forked_workers()
+
+
+def test_a_nan_cost_on_a_worker_is_the_same_error_as_in_this_process():
+    problem = gn.ExpectationProblem(Normal, {"loc": torch.tensor(0.0), "scale": torch.tensor(1.0)},
+                                    cost=lambda x: torch.where(x > 3.5, torch.nan, x), name="nan-tail")
+    with pytest.raises(gn.NonFiniteCostError) as here:
+        gn.measure(problem, "reinforce", [64], replicates=400)
+    with pytest.raises(gn.NonFiniteCostError) as there:
+        gn.measure(problem, "reinforce", [64], replicates=400, client=LocalPool(2))
+    assert str(here.value) == str(there.value)
+
+
+def test_a_result_that_cannot_be_pickled_is_one_error_naming_the_call():
+    with pytest.raises(TypeError, match=r"the result of unpicklable\(\.\.\.\) cannot be pickled back"):
+        list(LocalPool(1).map([(unpicklable, (0,))]))
+
+
+def test_a_call_that_keeps_killing_its_worker_is_one_error_after_max_attempts(capsys):
+    p = LocalPool(2)
+    with pytest.raises(RuntimeError, match=rf"died {pool.MAX_ATTEMPTS} times running die\(\.\.\.\) .*exit code -9"):
+        list(p.map([(square, (2,)), (die, (0,))]))
+    assert p.replaced == pool.MAX_ATTEMPTS - 1
+    assert capsys.readouterr().err.count("a local worker process died (exit code -9)") == pool.MAX_ATTEMPTS - 1
+    assert not forked_workers()
+
+
+def test_closing_a_map_early_stops_its_workers():
+    done = LocalPool(2).map([(square, (k,)) for k in range(50)])
+    next(done)
+    assert forked_workers()
+    done.close()
+    assert not forked_workers()
+
+
+def test_workers_are_forked_only_where_safe():
+    assert pool.usable(1, "cpu") is sys.platform.startswith("linux")
+    assert not pool.usable(2, "cpu")               # GNU OpenMP is not fork-safe at more threads
+    assert not pool.usable(None, "cpu") and not pool.usable(1, "cuda")
+    with cluster.open_client(workers=2) as client:
+        assert isinstance(client, LocalPool) and client.workers == 2
+    with pytest.raises(ValueError, match="local must be 'auto', 'fork' or 'dask'"):
+        with cluster.open_client(workers=2, local="threads"):
+            pass
+
+
+def run(code: str, tmp_path, *args) -> subprocess.CompletedProcess:
+    script = tmp_path / "script.py"
+    script.write_text(textwrap.dedent(code))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, env=env,
+                          cwd=tmp_path, timeout=300)
+
+
+def test_a_script_without_a_main_guard_runs_on_local_workers(tmp_path):
+    done = run("""
+        import sys
+        import gradnoise as gn
+        from gradnoise.cluster import open_client
+        with open_client(workers=2) as client:
+            df = gn.measure("gaussian-cos", ["reinforce"], [2, 4], replicates=20, client=client)
+        print(len(df), sorted(m for m in sys.modules if m.split('.')[0] in ('dask', 'distributed')))
+    """, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "4 []"           # no Dask for local workers
+
+
+def test_the_sweep_command_with_workers_uses_forked_workers_not_dask(tmp_path, monkeypatch):
+    done = run("""
+        import sys
+        from gradnoise import cluster
+        from gradnoise.analysis.cli import main
+        cluster.MIN_LOCAL_SECONDS = 0.0
+        main(["sweep", "--problem", "gaussian-quadratic", "--estimator", "reinforce", "--estimator", "reparam",
+              "--budget", "4", "--replicates", "40", "--quiet", "--out", "s.csv", "--workers", "2"])
+        print(sorted(m for m in sys.modules if m.split('.')[0] in ('dask', 'distributed')))
+    """, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+    assert "too little to pay off" not in done.stderr
