@@ -60,10 +60,8 @@ def client_from_args(args: argparse.Namespace, grid=None, replicates: int | None
     check_cluster_arguments(args)
     device = getattr(args, "device", "cpu")
     if args.workers is not None and grid is not None and replicates is not None:
-        from gradnoise.pool import usable
-
         seconds = estimated_seconds(grid, replicates)
-        forked = usable(args.threads, device)
+        forked = cluster.local_kind(args.threads, device) == "fork"
         if seconds < (cluster.MIN_LOCAL_SECONDS if forked else cluster.MIN_CLUSTER_SECONDS):
             print(f"--workers {args.workers}: this grid is about {seconds:.2g} s of work in one process, too little "
                   f"to pay off starting workers; running it in this process (the same numbers)", file=sys.stderr)

@@ -454,16 +454,47 @@ def _start_failure(err: Exception) -> str:
     return f"the local Dask workers failed to start ({type(err).__name__}: {err}){hint}"
 
 
+#: the environment variable that chooses local workers when ``open_client``'s ``local`` is not
+#: given: ``auto`` (the default), ``fork`` or ``dask`` (a Dask ``LocalCluster`` as before forked
+#: workers existed: the escape hatch, and what ``cluster_speedup.py --dask`` compares against)
+LOCAL_WORKERS_VARIABLE = "GRADNOISE_LOCAL_WORKERS"
+
+
+def local_kind(threads: int | None = 1, device: str | None = "cpu", local: str | None = None) -> str:
+    """What :func:`open_client` starts for local workers: ``"fork"`` (a :class:`gradnoise.pool.LocalPool`)
+    or ``"dask"`` (a ``LocalCluster``). ``local`` (default ``$GRADNOISE_LOCAL_WORKERS``, else
+    ``"auto"``): ``"auto"`` forks where :func:`gradnoise.pool.usable` says it is safe for cells at
+    ``threads`` on ``device``; ``"dask"`` chooses Dask; ``"fork"`` insists on forking (one
+    ``ValueError`` where it is not safe). Anything else is one ``ValueError``."""
+    if local is None:
+        local = os.environ.get(LOCAL_WORKERS_VARIABLE) or "auto"
+    if local not in ("auto", "fork", "dask"):
+        raise ValueError(f"local workers must be 'auto', 'fork' or 'dask' (argument local, or ${LOCAL_WORKERS_VARIABLE}), "
+                         f"got {local!r}")
+    if local == "dask":
+        return local
+    from .pool import usable
+
+    if usable(threads, device):
+        return "fork"
+    if local == "fork":
+        raise ValueError(f"forked local workers run cells at one torch thread on the CPU, on Linux (GNU OpenMP and "
+                         f"CUDA are not fork-safe), not threads={threads!r} on {device!r}; use "
+                         f"{LOCAL_WORKERS_VARIABLE}=dask (or leave it out)")
+    return "dask"
+
+
 @contextlib.contextmanager
 def open_client(workers: int | None = None, scheduler: str | None = None, *, timeout: float = 5.0,
-                threads: int | None = 1, device: str | None = "cpu", local: str = "auto"):
+                threads: int | None = 1, device: str | None = "cpu", local: str | None = None):
     """What runs the block's cells elsewhere: ``workers`` local worker processes, or the running
     Dask scheduler at ``scheduler`` (``tcp://HOST:PORT``, a ``distributed.Client``); ``None`` when
     neither is given (run sequentially, Dask not imported).
 
     Local workers are, by default (``local="auto"``), a :class:`gradnoise.pool.LocalPool`: forked
     from this process when a map starts, where that is safe (:func:`gradnoise.pool.usable`: cells
-    at ``threads`` = 1 on the CPU, on Linux). Otherwise (or with ``local="dask"``) they are a Dask
+    at ``threads`` = 1 on the CPU, on Linux; :func:`local_kind`). Otherwise (or with ``local="dask"``,
+    or ``$GRADNOISE_LOCAL_WORKERS=dask``) they are a Dask
     ``LocalCluster`` of ``workers`` single-threaded worker processes, no dashboard and random
     ports, stopped at the end of the block; its processes are forked from a forkserver that
     imported gradnoise once (:func:`local_start_method`; spawned where there is none), with
@@ -477,17 +508,15 @@ def open_client(workers: int | None = None, scheduler: str | None = None, *, tim
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
         raise ValueError(f"--workers must be an integer >= 1 (worker processes to start), got {workers!r}; "
                          f"leave it out to run in this process")
-    if local not in ("auto", "fork", "dask"):
-        raise ValueError(f"local must be 'auto', 'fork' or 'dask', got {local!r}")
+    kind = local_kind(threads, device, local)
     if workers is None and scheduler is None:
         yield None
         return
-    if workers is not None and local != "dask":
-        from .pool import LocalPool, usable
+    if workers is not None and kind == "fork":
+        from .pool import LocalPool
 
-        if local == "fork" or usable(threads, device):
-            yield LocalPool(workers)
-            return
+        yield LocalPool(workers)
+        return
     import logging
 
     import dask

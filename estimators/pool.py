@@ -151,8 +151,7 @@ class _Worker:
                 stream.flush()
             except (OSError, ValueError):
                 pass
-        gc.collect()
-        gc.freeze()
+        gc.freeze()                                   # no collection: it would copy-on-write every page
         try:
             self.process = context.Process(target=_serve, args=(calls, there), name="gradnoise-local", daemon=True)
             self.process.start()

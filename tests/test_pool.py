@@ -99,9 +99,20 @@ def test_workers_are_forked_only_where_safe():
     assert not pool.usable(None, "cpu") and not pool.usable(1, "cuda")
     with cluster.open_client(workers=2) as client:
         assert isinstance(client, LocalPool) and client.workers == 2
-    with pytest.raises(ValueError, match="local must be 'auto', 'fork' or 'dask'"):
+    with pytest.raises(ValueError, match="local workers must be 'auto', 'fork' or 'dask'"):
         with cluster.open_client(workers=2, local="threads"):
             pass
+    assert cluster.local_kind(2) == "dask" and cluster.local_kind(1, local="dask") == "dask"
+    with pytest.raises(ValueError, match="forked local workers run cells at one torch thread .* not threads=2"):
+        cluster.local_kind(2, local="fork")
+
+
+def test_the_environment_chooses_dask_for_local_workers(monkeypatch):
+    monkeypatch.setenv(cluster.LOCAL_WORKERS_VARIABLE, "dask")
+    assert cluster.local_kind(1) == "dask"
+    monkeypatch.setenv(cluster.LOCAL_WORKERS_VARIABLE, "spawn")
+    with pytest.raises(ValueError, match=r"\$GRADNOISE_LOCAL_WORKERS\), got 'spawn'"):
+        cluster.local_kind(1)
 
 
 def run(code: str, tmp_path, *args) -> subprocess.CompletedProcess:

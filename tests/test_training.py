@@ -151,13 +151,19 @@ def test_runs_are_bitwise_reproducible_and_independent_of_order():
     assert not np.array_equal(c["objective"].to_numpy(), a[a["estimator"] == "reinforce"]["objective"].to_numpy())
 
 
-def test_runs_on_dask_workers_are_bitwise_the_sequential_ones(tmp_path):
+def test_runs_on_dask_or_forked_workers_are_bitwise_the_sequential_ones(tmp_path):
     kw = dict(steps=15, lr=0.2, seeds=4, seed_group=2, eval_every=5, variance_replicates=8)
     sequential = gn.train(TOY, ["reinforce-loo", "disarm"], 2, **kw)
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
                                   env={"GRADNOISE_CACHE": str(tmp_path)}) as lc, distributed.Client(lc) as c:
         parallel = gn.train(TOY, ["reinforce-loo", "disarm"], 2, client=c, **kw)
     pd.testing.assert_frame_equal(sequential.drop(columns="seconds"), parallel.drop(columns="seconds"),
+                                  check_exact=True)
+    # and on local workers forked from this process (what `gradnoise train --workers 2` runs on)
+    from gradnoise.pool import LocalPool
+
+    forked = gn.train(TOY, ["reinforce-loo", "disarm"], 2, client=LocalPool(2), **kw)
+    pd.testing.assert_frame_equal(sequential.drop(columns="seconds"), forked.drop(columns="seconds"),
                                   check_exact=True)
 
 

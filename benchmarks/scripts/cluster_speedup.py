@@ -1,12 +1,15 @@
 """End-to-end wall time of ``gradnoise`` commands, sequential against ``--workers N``, in one run.
 
-    python benchmarks/scripts/cluster_speedup.py [--workers 2] [--repeats 1] [--grids big,report4,report,small] [--startup]
+    python benchmarks/scripts/cluster_speedup.py [--workers 2] [--repeats 1] [--grids big,report4,report,small] [--startup] [--dask]
 
 Not an asv benchmark (this folder has no ``__init__.py``). Each measurement is the command as a
 user runs it, ``python -m gradnoise.analysis ...`` in a fresh process: interpreter start-up, the
 imports of torch and scipy, building the grid, the cluster's start-up and shut-down, the cells,
 writing the outputs. For each grid it runs the sequential command and the ``--workers N`` one
-alternately (``--repeats`` times each, into fresh output folders), and prints
+(local workers forked from the command's process, :class:`gradnoise.pool.LocalPool`), and with
+``--dask`` the ``--workers N`` one on a Dask ``LocalCluster`` as well
+(``GRADNOISE_LOCAL_WORKERS=dask``, what ``--workers`` ran on before), alternately (``--repeats``
+times each, into fresh output folders), and prints
 
 * the wall time of each and the speed-up (best sequential / best parallel, and the range over
   the repeats);
@@ -167,16 +170,21 @@ STARTUP_STEPS = [
 ]
 
 CLUSTER_STEP = """
-import time, gradnoise, gradnoise.analysis.cli
+import os, time, gradnoise, gradnoise.analysis.cli
 from gradnoise.cluster import open_client
 if __name__ == "__main__":
     start = time.perf_counter()
-    with open_client(workers={workers}) as client:
+    with open_client(workers={workers}, local="dask") as client:
         client.wait_for_workers({workers})
         up = time.perf_counter()
         client.run(lambda: __import__("gradnoise"))
         warm = time.perf_counter()
-    print(up - start, warm - up, time.perf_counter() - warm)
+    stop = time.perf_counter()
+    with open_client(workers={workers}, local="fork") as pool:
+        forked = time.perf_counter()
+        done = dict(pool.map([(os.getpid, ())] * {workers}))
+        mapped = time.perf_counter()
+    print(up - start, warm - up, stop - warm, mapped - forked)
 """
 
 
@@ -196,8 +204,9 @@ def startup(env: dict, workers: int) -> None:
         with open(script, "w") as fh:
             fh.write(CLUSTER_STEP.format(workers=workers))
         out = subprocess.run([sys.executable, script], env=env, check=True, capture_output=True, text=True)
-        up, first, stop = map(float, out.stdout.split())
-    print(f"  a local cluster of {workers} workers (after the imports above): {up:.2f} s to start (each worker "
+        up, first, stop, forked = map(float, out.stdout.split())
+    print(f"  forked local workers (the default): {workers} forked, one call each, stopped: {forked:.3f} s")
+    print(f"  a Dask LocalCluster of {workers} workers (after the imports above): {up:.2f} s to start (each worker "
           f"forked from a forkserver that imports gradnoise once), {first:.2f} s first call, {stop:.2f} s to stop; load {load()}")
 
 
@@ -214,6 +223,7 @@ def main() -> None:
     ap.add_argument("--grids", default="big,report4,report,small", help="comma-separated, of: " + ", ".join(grids()))
     ap.add_argument("--no-warm-up", action="store_true", help="no untimed run first (oracles, checkpoints)")
     ap.add_argument("--startup", action="store_true", help="first, where the start-up goes (imports, cluster)")
+    ap.add_argument("--dask", action="store_true", help="also --workers N on a Dask LocalCluster (GRADNOISE_LOCAL_WORKERS=dask)")
     args = ap.parse_args()
     chosen = args.grids.split(",")
     unknown = [g for g in chosen if g not in grids()]
@@ -235,19 +245,20 @@ def main() -> None:
                 out = os.path.join(work, f"{name}-warm")
                 os.makedirs(out, exist_ok=True)
                 timed([a.replace("{out}", out) for a in template], env)
-            walls: dict[str, list[float]] = {"seq": [], "par": []}
-            cpus: dict[str, list[float]] = {"seq": [], "par": []}
-            peaks: dict[str, list[float]] = {"seq": [], "par": []}
+            modes = ("seq", "par", "dask") if args.dask else ("seq", "par")
+            walls: dict[str, list[float]] = {m: [] for m in modes}
+            cpus: dict[str, list[float]] = {m: [] for m in modes}
+            peaks: dict[str, list[float]] = {m: [] for m in modes}
             said, loads = "", []
             for k in range(args.repeats):
-                for mode in ("seq", "par"):
+                for mode in modes:
                     out = os.path.join(work, f"{name}-{mode}-{k}")
                     os.makedirs(out, exist_ok=True)
                     command = [a.replace("{out}", out) for a in template]
-                    if mode == "par":
+                    if mode != "seq":
                         command += ["--workers", str(args.workers)]
                     before = load()
-                    wall, peak, err, cpu = timed(command, env)
+                    wall, peak, err, cpu = timed(command, dict(env, GRADNOISE_LOCAL_WORKERS="dask" if mode == "dask" else "auto"))
                     loads.append(f"{before}->{load()}")
                     walls[mode].append(wall)
                     cpus[mode].append(cpu)
@@ -265,6 +276,14 @@ def main() -> None:
                          f"{min(cpus['seq']):.1f} / {min(cpus['par']):.1f}",
                          f"{max(peaks['seq']):.0f} / {max(peaks['par']):.0f} MiB ({max(peaks['par']) / max(peaks['seq']):.2f}x)",
                          "yes" if same else "NO", said or "-"))
+            if args.dask:
+                best_dask = min(walls["dask"])
+                same_dask = same_numbers(os.path.join(work, f"{name}-seq-0", results),
+                                         os.path.join(work, f"{name}-dask-0", results))
+                rows.append((f"{name}, Dask LocalCluster", rows[-1][1], ", ".join(f"{w:.1f}" for w in walls["dask"]),
+                             f"{best_seq / best_dask:.2f}x", f"{min(cpus['seq']):.1f} / {min(cpus['dask']):.1f}",
+                             f"{max(peaks['seq']):.0f} / {max(peaks['dask']):.0f} MiB "
+                             f"({max(peaks['dask']) / max(peaks['seq']):.2f}x)", "yes" if same_dask else "NO", "-"))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"\nload average {load()} at the end\n")
