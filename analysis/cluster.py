@@ -1,5 +1,5 @@
 """Command-line options shared by the commands that run grids: ``--workers``, ``--scheduler``,
-``--threads`` (``gradnoise sweep``, ``gradnoise report``, ``gradnoise study``).
+``--threads`` (``gradnoise sweep``, ``report``, ``study``, ``train``).
 
 Without ``--workers``/``--scheduler`` the cells run in this process, one after the other, and
 Dask is not imported. See docs/scaling.md for clusters of several machines.
@@ -21,8 +21,9 @@ def add_cluster_arguments(p: argparse.ArgumentParser) -> None:
     """Add ``--workers N``, ``--scheduler ADDRESS`` and ``--threads T`` to ``p``."""
     g = p.add_argument_group("parallel runs (docs/scaling.md)")
     g.add_argument("--workers", type=int, metavar="N",
-                   help="run the cells on a local Dask cluster of N single-threaded worker processes "
-                   "(same numbers, bitwise; use about one per core)")
+                   help="run the cells on N local worker processes forked from this one (a Dask "
+                   "LocalCluster with --threads > 1 or on CUDA; $GRADNOISE_LOCAL_WORKERS=dask for it always); "
+                   "same numbers, bitwise; use about one per core")
     g.add_argument("--scheduler", metavar="ADDRESS",
                    help="run the cells on a running Dask cluster, e.g. tcp://HOST:8786 (started with "
                    "`dask scheduler` and `dask worker tcp://HOST:8786 --nthreads 1` on each machine)")
