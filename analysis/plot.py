@@ -32,7 +32,7 @@ import matplotlib
 matplotlib.use("Agg")
 matplotlib.rcParams["svg.fonttype"] = "none"
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import NullFormatter  # noqa: E402
+from matplotlib.ticker import NullFormatter, NullLocator  # noqa: E402
 from matplotlib.transforms import blended_transform_factory  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
@@ -81,8 +81,17 @@ def _style(ax, title, ylabel):
     ax.yaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel(X_LABEL)
     ax.set_ylabel(ylabel)
-    ax.set_title(title)
+    # with the x tick labels and label below the axes, matplotlib's automatic title placement
+    # (which measures both axes' tick labels at every draw) leaves the title at y = 1: say so
+    below = ax.xaxis.get_label_position() == "bottom" and not ax.xaxis.majorTicks[0].label2.get_visible()
+    ax.set_title(title, **({"y": 1.0} if below else {}))
     ax.grid(True, which="major", alpha=0.3)
+    for axis in (ax.xaxis, ax.yaxis):
+        # a log axis has up to 8 minor ticks a decade; where they draw nothing (no mark, no grid
+        # line, no label: seaborn's whitegrid) they only cost layout time, so there are none
+        tick = axis.minorTicks[0]
+        if not (tick.tick1line.get_visible() or tick.tick2line.get_visible() or tick.gridline.get_visible()):
+            axis.set_minor_locator(NullLocator())
 
 
 def _fit_line(ax, sub, fit, coef, expo, colour, x="budget", label=None):
