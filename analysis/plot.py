@@ -248,8 +248,9 @@ def plot_all(results: pd.DataFrame, fits: pd.DataFrame | None, out_dir: str, *, 
     """One figure per problem (:func:`problem_figure`) written as ``<slug>.<fmt>``; returns the paths.
 
     Figures are independent, so they are drawn by ``workers`` processes (default: the CPUs this
-    process may use, at most one per figure); each writes its own files, and the result is the
-    same files as drawn one by one. SVG text is kept as text (``svg.fonttype: none``), not paths.
+    process may use, at most one per figure), the figures with the most rows first; each writes its
+    own files, and the result is the same files, and paths in the same order, as drawn one by one.
+    SVG text is kept as text (``svg.fonttype: none``), not paths.
     """
     os.makedirs(out_dir, exist_ok=True)
     problems = list(results["problem"].unique())
@@ -259,10 +260,13 @@ def plot_all(results: pd.DataFrame, fits: pd.DataFrame | None, out_dir: str, *, 
     import concurrent.futures
     import multiprocessing
 
+    rows = results["problem"].value_counts()
     with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-        jobs = [pool.submit(_draw, results[results["problem"] == problem], fits, problem, out_dir, formats, dpi)
-                for problem in problems]
-        return [p for job in jobs for p in job.result()]
+        # the largest figures first (a figure's time grows with its rows): the last one to start is
+        # then a small one, and the processes finish together
+        jobs = {problem: pool.submit(_draw, results[results["problem"] == problem], fits, problem, out_dir, formats, dpi)
+                for problem in sorted(problems, key=lambda problem: -rows[problem])}
+        return [p for problem in problems for p in jobs[problem].result()]
 
 
 def figure_outputs(command: str, out_dir: str, problems, formats):

@@ -18,9 +18,10 @@ the best wall and CPU seconds (this process and its children) are printed, with 
 (``problem_figure``), measuring the tight bounding box (``Figure.get_tightbbox`` outside a save),
 and saving each format (``Figure.savefig``, which lays the figure out and draws it again).
 
-``--check`` compares the two versions' files: PNG pixels (RGBA, exactly), and SVG text after
-removing what differs between any two saves (the date, matplotlib's random ids) and empty
-``<g id="xtick_N"/>`` groups (ticks that draw nothing), then renumbering tick ids.
+``--check`` compares the two versions' files (``workers=1``): PNG pixels (RGBA, exactly), and SVG
+text after removing what differs between any two saves (the date, matplotlib's random ids) and
+empty ``<g id="xtick_N"/>`` groups (ticks that draw nothing), then renumbering tick ids; and the
+new version's files drawn by one process and by the default processes.
 
 Run at one thread (the variables are set here before numpy is imported). Timings mean something
 only on a quiet machine: the load average is printed at the start and the end.
@@ -216,6 +217,9 @@ def main() -> None:
             print("\nold vs new files (workers=1):")
             for line in compare(os.path.join(tmp, "old-w1-0"), os.path.join(tmp, "new-w1-0")):
                 print("  " + line)
+            forked = compare(os.path.join(tmp, "new-w1-0"), os.path.join(tmp, "new-wdefault-0"))
+            same = sum(("pixels equal" in line or "same text" in line) for line in forked)
+            print(f"new, workers=1 vs default: {same} of {len(forked)} files the same")
         load = os.getloadavg()[0]
         print(f"\nload average {load:.2f} at the end" + (" (above 1.5: other work shared the CPUs; repeat)" if load > 1.5 else ""))
 
