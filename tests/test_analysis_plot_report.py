@@ -103,7 +103,8 @@ def test_plot_all_in_processes_writes_what_one_process_writes(sweep, tmp_path):
     both = pd.concat([small, df], ignore_index=True)              # the small figure first, the big one second
     one = plot_all(both, fits, str(tmp_path / "one"), formats=("png",), workers=1)
     two = plot_all(both, fits, str(tmp_path / "two"), formats=("png",), workers=2)
-    assert [p.rsplit("/", 1)[1] for p in one] == [p.rsplit("/", 1)[1] for p in two] == ["small_k-1.png", "toy_k-1.png"]
+    names = ["small_k-1.png", "toy_k-1.png"]
+    assert [p.rsplit("/", 1)[1] for p in one] == [p.rsplit("/", 1)[1] for p in two] == names
     for a, b in zip(one, two):
         assert np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b)))
 

@@ -146,7 +146,9 @@ def compare(old_dir: str, new_dir: str) -> list[str]:
                 lines.append(f"{name}: sizes differ, {a.shape[1]}x{a.shape[0]} -> {b.shape[1]}x{b.shape[0]} px")
                 continue
             diff = np.abs(a - b).max(axis=2)
-            lines.append(f"{name}: {'pixels equal' if not diff.any() else f'{int((diff > 0).sum())} pixels differ, by up to {int(diff.max())}/255'}"
+            verdict = ("pixels equal" if not diff.any()
+                       else f"{int((diff > 0).sum())} pixels differ, by up to {int(diff.max())}/255")
+            lines.append(f"{name}: {verdict}"
                          f" ({a.shape[1]}x{a.shape[0]} px; {os.path.getsize(old)} -> {os.path.getsize(new)} bytes)")
         elif name.endswith(".svg"):
             lines.append(f"{name}: {'same text' if _svg_text(old) == _svg_text(new) else 'TEXT DIFFERS'} "
@@ -158,7 +160,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("results", metavar="SWEEP.csv", help="a sweep's CSV (e.g. a report's sweep.csv)")
     parser.add_argument("--fits", metavar="FITS.csv", help="its fits (default: gradnoise fit's, computed here)")
-    parser.add_argument("--baseline", help="commit whose analysis/plot.py is the baseline (default: merge-base with main)")
+    parser.add_argument("--baseline",
+                        help="commit whose analysis/plot.py is the baseline (default: the merge-base with main)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of each (best taken; default: %(default)s)")
     parser.add_argument("--stages", action="store_true", help="CPU seconds by stage at workers=1")
     parser.add_argument("--check", action="store_true", help="compare the two versions' files")
@@ -175,7 +178,12 @@ def main() -> None:
     computed = fit_mod.fit_curves(results)
     t_fit = time.process_time() - start
     fits = pd.read_csv(args.fits, dtype={"code_version": str}) if args.fits else computed
-    baseline = args.baseline or _git("merge-base", "HEAD", "main").strip()
+    try:
+        baseline = args.baseline or _git("merge-base", "HEAD", "main").strip()
+        _git("cat-file", "-e", f"{baseline}:analysis/plot.py")
+    except subprocess.CalledProcessError as err:
+        parser.error(f"no analysis/plot.py at {args.baseline or 'the merge-base of HEAD and main'} "
+                     f"({(err.stderr.strip() or 'git failed').splitlines()[-1]}); pass --baseline COMMIT")
     head = _git("rev-parse", "--short", "HEAD").strip()
     dirty = " (with uncommitted changes)" if _git("status", "--porcelain", "--", "analysis/plot.py").strip() else ""
     with tempfile.TemporaryDirectory() as tmp:
@@ -196,12 +204,14 @@ def main() -> None:
                     wall, cpu = time_plot_all(module, results, fits, out, workers)
                     old_wall, old_cpu = best.get((label, name), (np.inf, np.inf))
                     best[(label, name)] = (min(wall, old_wall), min(cpu, old_cpu))
-        print(f"\nbest of {args.repeats} | old wall | new wall | old / new | old CPU | new CPU | old / new\n---|---|---|---|---|---|---")
+        print(f"\nbest of {args.repeats} | old wall | new wall | old / new | old CPU | new CPU | old / new")
+        print("---|---|---|---|---|---|---")
         for label in dict.fromkeys(k[0] for k in best):
             (ow, oc), (nw, nc) = best[(label, "old")], best[(label, "new")]
             print(f"{label} | {ow:.2f} s | {nw:.2f} s | {ow / nw:.2f}x | {oc:.2f} s | {nc:.2f} s | {oc / nc:.2f}x")
         if args.stages:
-            print(f"\nCPU seconds by stage, workers=1, best of {args.repeats} per stage\n\nstage | old | new\n---|---|---")
+            print(f"\nCPU seconds by stage, workers=1, best of {args.repeats} per stage\n")
+            print("stage | old | new\n---|---|---")
             stages = {}
             for name, module in versions.items():
                 runs = []
@@ -221,7 +231,8 @@ def main() -> None:
             same = sum(("pixels equal" in line or "same text" in line) for line in forked)
             print(f"new, workers=1 vs default: {same} of {len(forked)} files the same")
         load = os.getloadavg()[0]
-        print(f"\nload average {load:.2f} at the end" + (" (above 1.5: other work shared the CPUs; repeat)" if load > 1.5 else ""))
+        busy = " (above 1.5: other work shared the CPUs; repeat)" if load > 1.5 else ""
+        print(f"\nload average {load:.2f} at the end{busy}")
 
 
 if __name__ == "__main__":
