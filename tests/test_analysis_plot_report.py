@@ -7,10 +7,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.ticker import LogLocator, NullLocator
 from scipy import stats
 
 from gradnoise.analysis.fit import fit_curves
-from gradnoise.analysis.plot import plot_efficiency, plot_snr, plot_variance, problem_figure, slug
+from gradnoise.analysis.plot import plot_all, plot_efficiency, plot_snr, plot_variance, problem_figure, slug
 from gradnoise.analysis.report import NotMeasured, common_budget, not_measured, ranking_table, summary_markdown
 
 BUDGETS = np.array([1, 3, 10, 30, 100])
@@ -66,6 +67,46 @@ def test_problem_figure_has_a_row_per_param_and_legends_outside(sweep):
         assert legend is not None and legend.get_bbox_to_anchor().x0 > ax.get_window_extent().x1 - 1
     plt.close(fig)
     assert slug("gaussian-cos:k=5,loc=1") == "gaussian-cos_k-5-loc-1"
+
+
+def test_minor_ticks_and_fixed_titles_only_where_they_change_nothing(sweep):
+    """The figure leaves out a log axis's minor ticks and fixes the titles at y = 1 (both cost
+    layout time at every draw); a helper drawing on an axes whose style shows minor tick marks, or
+    whose x tick labels are on top, keeps matplotlib's minor ticks and title placement."""
+    df, fits = sweep
+    fig = problem_figure(df, fits, "toy:k=1")                     # seaborn whitegrid: no tick marks
+    fig.canvas.draw()
+    for ax in fig.get_axes():
+        assert all(isinstance(a.get_minor_locator(), NullLocator) for a in (ax.xaxis, ax.yaxis))
+        assert ax.title.get_position()[1] == 1.0
+    plt.close(fig)
+    with plt.style.context("default"):                             # minor tick marks drawn
+        fig, ax = plt.subplots()
+        ax.xaxis.tick_top()                                        # x tick labels above the axes
+        plot_variance(df[df.param == "loc"], fits, ax=ax)
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        assert isinstance(ax.yaxis.get_minor_locator(), LogLocator)
+        assert len(ax.yaxis.get_minorticklocs()) > 0
+        # the title was moved up, clear of the tick labels on top
+        assert ax.title.get_window_extent(renderer).y0 >= ax.xaxis.get_tightbbox(renderer).y1 - 0.5
+    plt.close(fig)
+
+
+def test_plot_all_in_processes_writes_what_one_process_writes(sweep, tmp_path):
+    """Drawn by two processes, biggest figure first, the files and the order of the paths are
+    those drawn one by one (PNG pixels equal)."""
+    from PIL import Image
+
+    df, fits = sweep
+    small = df[(df.estimator == "good") & (df.param == "loc")].assign(problem="small:k=1")
+    both = pd.concat([small, df], ignore_index=True)              # the small figure first, the big one second
+    one = plot_all(both, fits, str(tmp_path / "one"), formats=("png",), workers=1)
+    two = plot_all(both, fits, str(tmp_path / "two"), formats=("png",), workers=2)
+    names = ["small_k-1.png", "toy_k-1.png"]
+    assert [p.rsplit("/", 1)[1] for p in one] == [p.rsplit("/", 1)[1] for p in two] == names
+    for a, b in zip(one, two):
+        assert np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b)))
 
 
 def test_ranking_table_orders_by_total_variance_and_efficiency(sweep):
