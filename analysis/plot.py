@@ -41,7 +41,7 @@ import seaborn as sns  # noqa: E402
 import gradnoise as gn  # noqa: E402
 
 from .fit import at_snr_floor, snr_floor  # noqa: E402
-from .results import FITS_REQUIRED, read_csv  # noqa: E402
+from .results import FITS_MAY_BE_EMPTY, FITS_REQUIRED, read_csv  # noqa: E402
 
 X_LABEL = "budget N (samples per estimate; K for iwae)"
 PANELS = ("variance", "snr", "efficiency")
@@ -281,7 +281,8 @@ def run_plot(args: argparse.Namespace) -> int:
 
     check_output_dir(args.out_dir)
     results = read_csv(args.results, what=f"results CSV {args.results}")
-    fits = read_csv(args.fits, FITS_REQUIRED, what=f"fits CSV {args.fits}") if args.fits else None
+    fits = (read_csv(args.fits, FITS_REQUIRED, what=f"fits CSV {args.fits}", may_be_empty=FITS_MAY_BE_EMPTY)
+            if args.fits else None)
     claim = figure_outputs("gradnoise plot", args.out_dir, results["problem"].unique(), args.format or ("png", "svg"))
     paths = plot_all(results, fits, args.out_dir, formats=tuple(args.format or ("png", "svg")))
     claim.record()

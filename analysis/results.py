@@ -26,6 +26,9 @@ NON_NEGATIVE = ("variance", "variance_ci_low", "variance_ci_high", "mse", "snr",
 AT_LEAST = {"replicates": 2, "budget": 1}
 #: columns a fits CSV must have for plotting
 FITS_REQUIRED = ("problem", "estimator", "param", "a", "b")
+#: of those, the ones a fit may leave empty: with fewer than two budgets of nonzero variance
+#: (an exact estimator: variance 0 at every N) there is no power law to fit (:mod:`.fit`)
+FITS_MAY_BE_EMPTY = ("a", "b")
 
 
 def require_columns(df: pd.DataFrame, required: Iterable[str], what: str) -> None:
@@ -35,8 +38,10 @@ def require_columns(df: pd.DataFrame, required: Iterable[str], what: str) -> Non
         raise ValueError(f"{what} lacks required column(s) {', '.join(missing)}")
 
 
-def read_csv(path: str | os.PathLike, required: Iterable[str] = SWEEP_REQUIRED, what: str | None = None) -> pd.DataFrame:
-    """Read a CSV and check it has the ``required`` columns; one-line ``ValueError`` otherwise."""
+def read_csv(path: str | os.PathLike, required: Iterable[str] = SWEEP_REQUIRED, what: str | None = None,
+             may_be_empty: Iterable[str] = ()) -> pd.DataFrame:
+    """Read a CSV and check it has the ``required`` columns, filled (but those in ``may_be_empty``)
+    and numeric where they are numbers; one-line ``ValueError`` otherwise."""
     what = what or str(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"no such file: {path}")
@@ -51,14 +56,16 @@ def read_csv(path: str | os.PathLike, required: Iterable[str] = SWEEP_REQUIRED, 
     require_columns(df, required, what)
     if df.empty:
         raise ValueError(f"{what} has no rows")
-    check_values(df, required, what)
+    check_values(df, required, what, may_be_empty)
     check_statistics(df, what)
     return df
 
 
-def check_values(df: pd.DataFrame, required: Iterable[str], what: str) -> None:
-    """Refuse text in a numeric column and empty cells in required columns (a truncated file):
-    one ``ValueError`` naming the column and the first offending row (1-based, as in the file)."""
+def check_values(df: pd.DataFrame, required: Iterable[str], what: str, may_be_empty: Iterable[str] = ()) -> None:
+    """Refuse text in a numeric column and empty cells in required columns (a truncated file) but
+    ``may_be_empty``: one ``ValueError`` naming the column and the first offending row (1-based,
+    as in the file)."""
+    may_be_empty = set(may_be_empty)
     for column in required:
         values = df[column]
         if column in TEXT_COLUMNS:
@@ -71,7 +78,7 @@ def check_values(df: pd.DataFrame, required: Iterable[str], what: str) -> None:
                 raise ValueError(f"{what}: column {column!r} must be numeric, but row {row + 2} holds "
                                  f"{values.iloc[row]!r}")
             df[column] = numbers
-            bad = numbers.isna()
+            bad = numbers.isna() & (column not in may_be_empty)
         if bad.any():
             row = int(bad.to_numpy().nonzero()[0][0])
             raise ValueError(f"{what}: column {column!r} is empty in row {row + 2} "

@@ -235,3 +235,21 @@ def test_not_measured_gives_each_skip_its_one_real_reason():
     assert "Not measured: vimco, iwae (needs a model problem (a log joint and an encoder))." in section
     assert "Not measured at N = 1: reinforce-loo (needs an integer budget N >= 2); measured at the other budgets." in section
     assert section.count("vimco") == 1
+
+
+def test_the_plot_command_reads_fits_with_an_exact_estimators_empty_power_law(exact_sweep, tmp_path):
+    """A fit of variance 0 at every N has no a, b (nothing to fit): `gradnoise plot --fits` read the
+    report's own fits.csv as a truncated file; an empty a in a fit that has points still is."""
+    from gradnoise.analysis.cli import main
+
+    df, fits = exact_sweep
+    assert fits["a"].isna().any()                   # the exact estimator's loc: variance 0 at every N
+    df.to_csv(tmp_path / "sweep.csv", index=False)
+    fits.to_csv(tmp_path / "fits.csv", index=False)
+    assert main(["plot", str(tmp_path / "sweep.csv"), "--fits", str(tmp_path / "fits.csv"),
+                 "--out-dir", str(tmp_path / "figures"), "--format", "png"]) == 0
+    assert len(list((tmp_path / "figures").glob("*.png"))) == df["problem"].nunique()
+    # negative control: a column that may not be empty still may not
+    fits.assign(problem=None).to_csv(tmp_path / "broken.csv", index=False)
+    assert main(["plot", str(tmp_path / "sweep.csv"), "--fits", str(tmp_path / "broken.csv"),
+                 "--out-dir", str(tmp_path / "figures2")]) == 2
