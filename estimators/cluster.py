@@ -23,7 +23,8 @@ What travels, and what runs where:
   object is rebuilt there (:func:`check_plugins`, :func:`rebuild`); a worker that cannot import
   one is one error naming the worker and the plugin;
 * a cell runs :func:`run_cell` on a worker (which first undoes the malloc setting Dask's nanny
-  gives its workers, seven times slower for large tensors: :func:`undo_malloc_trim`): ``measure_cell`` at ``threads`` torch intra-op
+  gives its workers, seven times slower for large tensors, and glibc's default, which returns
+  every large tensor to the system: :func:`keep_freed_memory`): ``measure_cell`` at ``threads`` torch intra-op
   threads (default 1), one cell at a time per worker process (a process-wide lock: torch's random
   generator and thread count are global to the process, so two cells in threads of one process
   would share them); the rows (a few hundred bytes per parameter) come back to the client;
@@ -59,41 +60,52 @@ from .engine import (MAX_ELEMENTS, cell_cost_evals, check_threads, chunk_estimat
 _CELL_LOCK = threading.Lock()
 
 
-#: glibc ``mallopt`` parameters (malloc.h) and the values :func:`undo_malloc_trim` sets
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-TRIM_THRESHOLD, MMAP_THRESHOLD = 64 * 2**20, 32 * 2**20
+#: glibc ``mallopt`` parameters (malloc.h)
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+#: free memory at the top of the heap that glibc keeps for the next allocation (not returned to
+#: the system) once :func:`keep_freed_memory` has run: more than a block's temporaries
+TRIM_THRESHOLD = 2**30
 
 
 @functools.lru_cache(maxsize=1)
-def undo_malloc_trim() -> bool:
-    """Undo, once per process, the ``MALLOC_TRIM_THRESHOLD_=65536`` that Dask's nanny sets for
-    its workers; True when it did.
+def keep_freed_memory() -> bool:
+    """Make glibc reuse the memory a cell's blocks free, in this process; True when it did.
 
-    Setting that variable also freezes glibc's mmap threshold at 128 KiB, so every tensor above
-    it is a fresh ``mmap`` and page faults on first touch: measured here, a grid of
-    gaussian-quadratic-nd and linear-gaussian-vae cells took 6.45 s instead of 0.90 s in one
-    process (7x, mostly system time). With the thresholds raised to 32 MiB (mmap) and 64 MiB
-    (trim) it took 0.84 s. Processes without the variable (any run without Dask) are left alone.
-    A process-wide setting, so it is made only by a cell task on a worker (:func:`cell_context`),
-    never at import nor in the client's process (``tests/test_benchmarks.py`` checks the import).
+    By default glibc serves every allocation above its mmap threshold (at most 32 MiB) with a
+    fresh ``mmap`` and returns it with ``munmap`` when freed, so each block of a large cell
+    page-faults its temporaries in again, and the kernel zeroes them again: measured here, the
+    measure-valued gradient on gaussian-quadratic-nd at N = 1000 (20 blocks of 139 replicates, one
+    thread) spent 2-4 of its 7-9 s in the kernel, 1.2-2.4 million minor page faults. With every
+    allocation from the heap (``M_MMAP_MAX`` 0) and up to :data:`TRIM_THRESHOLD` of freed memory
+    kept at its top (``M_TRIM_THRESHOLD``) the same blocks took 5.2 s, 0.1 s in the kernel, 70,000
+    faults; the numbers are the same (torch aligns every tensor to 64 bytes wherever it lives).
+    The cost: the process keeps its peak memory until it exits. This also overrides the
+    ``MALLOC_TRIM_THRESHOLD_=65536`` that Dask's nanny sets for its workers (which made every
+    tensor above 128 KiB an ``mmap``: a grid of gaussian-quadratic-nd and linear-gaussian-vae cells
+    7x slower).
+
+    A process-wide setting, so it is made only where gradnoise owns the process: by the command
+    line (``gradnoise ...``, whose forked local workers inherit it) and by every cell task on a
+    worker (:func:`cell_context`), never at import nor by ``gn.measure`` in a user's own process
+    (``tests/test_benchmarks.py`` checks the import). Not glibc (musl, macOS): nothing done.
     """
-    if not os.environ.get("MALLOC_TRIM_THRESHOLD_") or not sys.platform.startswith("linux"):
+    if not sys.platform.startswith("linux"):
         return False
     import ctypes
     import ctypes.util
 
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) and libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
-    except (OSError, AttributeError):     # not glibc (musl): nothing to undo
+        return bool(libc.mallopt(M_MMAP_MAX, 0) and libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    except (OSError, AttributeError):     # not glibc
         return False
 
 
 @contextlib.contextmanager
 def cell_context(threads: int | None = 1):
     """What every cell task holds on a worker: the process's cell lock, ``threads`` intra-op
-    threads, and glibc's malloc thresholds restored (:func:`undo_malloc_trim`)."""
-    undo_malloc_trim()
+    threads, and glibc keeping freed memory for the next block (:func:`keep_freed_memory`)."""
+    keep_freed_memory()
     with _CELL_LOCK, torch_threads(threads):
         yield
 
@@ -529,7 +541,7 @@ def open_client(workers: int | None = None, scheduler: str | None = None, *, tim
         with warnings.catch_warnings():
             # without a dashboard the scheduler still serves metrics, on another port when 8787 is taken
             warnings.filterwarnings("ignore", message="Port .* is already in use", category=UserWarning)
-            # and no MALLOC_TRIM_THRESHOLD_ for the workers: it makes large tensors slow (undo_malloc_trim)
+            # and no MALLOC_TRIM_THRESHOLD_ for the workers: it makes large tensors slow (keep_freed_memory)
             with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
                                   "distributed.worker.multiprocessing-method": method}):
                 try:

@@ -132,8 +132,8 @@ def test_a_cell_that_fails_to_build_is_listed_and_fails_its_benchmarks(monkeypat
 def test_importing_the_suite_and_the_cluster_module_changes_no_process_wide_setting():
     """Process-wide settings belong to the code that needs them, not to an import: importing the
     benchmarks and ``gradnoise.cluster`` (with Dask's ``MALLOC_TRIM_THRESHOLD_`` set, so that
-    :func:`~gradnoise.cluster.undo_malloc_trim` would act if called) leaves torch's thread count as
-    it was and calls no ``mallopt`` (neither ``undo_malloc_trim`` nor a load of the C library)."""
+    :func:`~gradnoise.cluster.keep_freed_memory` would act if called) leaves torch's thread count as
+    it was and calls no ``mallopt`` (neither ``keep_freed_memory`` nor a load of the C library)."""
     import os
     import subprocess
     import sys
@@ -149,7 +149,7 @@ def test_importing_the_suite_and_the_cluster_module_changes_no_process_wide_sett
         ctypes.CDLL = Recording
         import gradnoise.cluster, gradnoise.analysis.studies
         import benchmarks.common, benchmarks.timing, benchmarks.memory, benchmarks.quality
-        print(torch.get_num_threads(), gradnoise.cluster.undo_malloc_trim.cache_info().misses,
+        print(torch.get_num_threads(), gradnoise.cluster.keep_freed_memory.cache_info().misses,
               [name for name in loads if name.startswith("libc.")])
     """
     env = {**os.environ, "MALLOC_TRIM_THRESHOLD_": "65536"}
