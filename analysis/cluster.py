@@ -60,14 +60,14 @@ def client_from_args(args: argparse.Namespace, grid=None, replicates: int | None
     ``--scheduler`` is always used."""
     check_cluster_arguments(args)
     device = getattr(args, "device", "cpu")
+    kind = cluster.local_kind(args.threads, device)         # decided once: forked workers or Dask
     if args.workers is not None and grid is not None and replicates is not None:
         seconds = estimated_seconds(grid, replicates)
-        forked = cluster.local_kind(args.threads, device) == "fork"
-        if seconds < (cluster.MIN_LOCAL_SECONDS if forked else cluster.MIN_CLUSTER_SECONDS):
+        if seconds < (cluster.MIN_LOCAL_SECONDS if kind == "fork" else cluster.MIN_CLUSTER_SECONDS):
             print(f"--workers {args.workers}: this grid is about {seconds:.2g} s of work in one process, too little "
                   f"to pay off starting workers; running it in this process (the same numbers)", file=sys.stderr)
             yield None
             return
     with open_client(args.workers, args.scheduler, timeout=CONNECT_TIMEOUT, threads=args.threads,
-                     device=device) as client:
+                     device=device, local=kind) as client:
         yield client

@@ -80,9 +80,14 @@ def killing_problem(marker: str) -> gn.ExpectationProblem:
             os.kill(os.getpid(), signal.SIGKILL)
         return (x - 1) ** 2
 
+    return normal_problem(cost, "normal-killer")
+
+
+def normal_problem(cost, name: str) -> gn.ExpectationProblem:
+    """E[cost(x)] under N(0.5, 2^2), with the closed form of E[(x - 1)^2] as its truth (the
+    killing problems' cost is (x - 1)^2, with a side effect on a worker)."""
     return gn.ExpectationProblem(Normal, {"loc": torch.tensor(0.5), "scale": torch.tensor(2.0)}, cost=cost,
-                                 name="normal-killer",
-                                 expected_cost=lambda p: (p["loc"] - 1) ** 2 + p["scale"] ** 2)
+                                 name=name, expected_cost=lambda p: (p["loc"] - 1) ** 2 + p["scale"] ** 2)
 
 
 def test_measure_on_the_cluster_is_bitwise_the_sequential_run(runner):
@@ -365,9 +370,7 @@ def chunk_killing_problem(log: str, marker: str, seeds: dict[int, int]) -> gn.Ex
                 os.kill(os.getpid(), signal.SIGKILL)
         return (x - 1) ** 2
 
-    return gn.ExpectationProblem(Normal, {"loc": torch.tensor(0.5), "scale": torch.tensor(2.0)}, cost=cost,
-                                 name="normal-chunk-killer",
-                                 expected_cost=lambda p: (p["loc"] - 1) ** 2 + p["scale"] ** 2)
+    return normal_problem(cost, "normal-chunk-killer")
 
 
 def test_a_killed_workers_chunk_not_its_cell_is_recomputed(runner, tmp_path, monkeypatch):
