@@ -58,6 +58,14 @@ Grads = dict[str, Tensor]
 
 TRUTH_KINDS = ("closed-form", "enumeration", "oracle")
 
+#: bytes a block holds per sample-sized element (samples, costs, scores and the graph kept for the
+#: backward pass), :meth:`GradientEstimator.sample_bytes`' default: at most 22-35 measured (two
+#: runs) over every estimator but RELAX, REBAR and Gumbel-Rao (which declare their own) on the default sweep's
+#: problems (peak RSS of each cell's blocks at R = 10^4, N = 1 to 100, cells of 32 MiB or more:
+#: ``python benchmarks/scripts/block_memory.py``); 38-60 per element of one-replicate chunks
+#: measured before blocks existed (bernoulli-toy x reinforce-delta the most)
+BYTES_PER_SAMPLE_ELEMENT = 64
+
 
 class EstimatorNotApplicable(ValueError):
     """An estimator cannot run on a problem (e.g. pathwise on a distribution without rsample)."""
@@ -506,6 +514,16 @@ class GradientEstimator(abc.ABC):
         """The most samples per replicate one pass holds at once: ``n``, or a larger pilot batch
         drawn in ``prepare``; the engine sizes its chunks and its memory check by it. Default ``n``."""
         return n
+
+    def sample_bytes(self, problem: Problem, n: int) -> int:
+        """Bytes one block holds at once per sample-sized element (``block x B x (E + P)`` of
+        them, B :meth:`largest_batch`): an upper bound that the engine's memory check
+        (:func:`gradnoise.engine.check_memory`) and the local workers' scheduling
+        (:class:`gradnoise.pool.LocalPool`) use; never the block's size (which would change the
+        numbers). Default :data:`BYTES_PER_SAMPLE_ELEMENT`; an estimator whose per-sample work is
+        wider than its samples (a control-variate network, K Gumbel draws per sample) declares
+        more, as ``benchmarks/scripts/block_memory.py`` measures it."""
+        return BYTES_PER_SAMPLE_ELEMENT
 
     def check(self, problem: Problem, n: int) -> None:
         """Raise a clear error if this estimator cannot run on ``problem`` at budget ``n``."""

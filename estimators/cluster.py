@@ -53,7 +53,7 @@ from typing import Iterator, Sequence
 
 from .base import GradientEstimator, Problem
 from . import provenance
-from .engine import (MAX_ELEMENTS, cell_cost_evals, check_threads, chunk_estimates, chunks, gather_chunks, measure_cell,
+from .engine import (MAX_ELEMENTS, blocks, cell_bytes, cell_cost_evals, check_threads, chunk_estimates, chunks, gather_chunks, measure_cell,
                      summarise_estimates, torch_threads)
 
 #: one cell at a time per process (see the module docstring)
@@ -290,6 +290,17 @@ def plan(grid: Sequence[tuple[Problem, GradientEstimator, int]], replicates: int
     return [task for _, task in tasks]
 
 
+def task_bytes(task: tuple, grid: Sequence[tuple[Problem, GradientEstimator, int]], replicates: int) -> int:
+    """The bytes a task of :func:`plan` holds at once (:func:`~gradnoise.engine.cell_bytes`): its
+    largest cell's estimates and one block, or a chunk's rows of estimates and one block."""
+    if task[0] == "cells":
+        return max(sum(cell_bytes(task[1], replicates, task[2], n)) for _, n in task[3])
+    problem, estimator, n = grid[task[1]]
+    parts = blocks(problem, estimator, n, replicates)[task[2]:task[3]]
+    rows = parts[-1][1] + parts[-1][2] - parts[0][1]
+    return sum(cell_bytes(problem, rows, estimator, n))
+
+
 def map_cells(
     client, grid: Sequence[tuple[Problem, GradientEstimator, int]], replicates: int, seed: int = 0,
     *, threads: int | None = 1, max_elements: int = MAX_ELEMENTS, workers: int | None = None,
@@ -310,7 +321,7 @@ def map_cells(
     tasks = plan(grid, replicates, workers or len(client.nthreads()))
     calls = [(run_cells, (t[1], t[2], t[3], replicates, seed, threads, max_elements)) if t[0] == "cells" else
              (run_chunk, (*grid[t[1]], replicates, seed, t[2], t[3], threads, max_elements)) for t in tasks]
-    finished = _map_functions(client, calls)
+    finished = _map_functions(client, calls, [task_bytes(t, grid, replicates) for t in tasks])
     # the rows' code_version as this process names it: a user's function sent by value hashes the
     # same on a worker, but a worker's own view of it is not what a resumed sweep here compares
     versions: dict[tuple[int, int], str] = {}
@@ -356,12 +367,14 @@ def map_calls(client, function, calls: Sequence[tuple]) -> Iterator[tuple[int, o
     return _map_functions(client, [(function, call) for call in calls])
 
 
-def _map_functions(client, calls: Sequence[tuple]) -> Iterator[tuple[int, object]]:
-    """:func:`map_calls` for ``(function, arguments)`` pairs, each call its own function."""
+def _map_functions(client, calls: Sequence[tuple], memory: Sequence[float] | None = None) -> Iterator[tuple[int, object]]:
+    """:func:`map_calls` for ``(function, arguments)`` pairs, each call its own function;
+    ``memory``, the bytes each holds at once, schedules forked local workers
+    (:class:`gradnoise.pool.MemoryBudget`; a Dask cluster manages its own workers' memory)."""
     from .pool import LocalPool
 
     if isinstance(client, LocalPool):        # forked from this process: same code, plugins, objects
-        return client.map(calls)
+        return client.map(calls, memory)
     from distributed import as_completed
 
     from . import plugins

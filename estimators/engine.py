@@ -43,7 +43,7 @@ from torch import Tensor
 from torch.distributions import Distribution
 
 from . import statistics
-from .base import all_finite, as_estimate, EstimatorNotApplicable, forked_stream, GradientEstimator, NonFiniteCostError, Problem, replicate
+from .base import BYTES_PER_SAMPLE_ELEMENT, all_finite, as_estimate, EstimatorNotApplicable, forked_stream, GradientEstimator, NonFiniteCostError, Problem, replicate
 from . import provenance
 from .registry import get_estimator, make_problem
 
@@ -152,16 +152,26 @@ def available_memory() -> int | None:
     return None
 
 
-#: bytes a chunk holds per sample-sized element (samples, costs, scores and the graph kept for the
-#: backward pass): at most 60 measured (peak RSS over one chunk of 2**22 elements, one replicate)
-#: over every estimator x gaussian-cos, gaussian-quadratic-nd, bernoulli-toy, linear-gaussian-vae;
-#: the most was bernoulli-toy x reinforce-delta, 38-43 for measure-valued, 3-5 for the VAE's IWAEs
-BYTES_PER_SAMPLE_ELEMENT = 64
 
 #: default bound on a cell's cost evaluations, R x (per estimate + amortised warm-up)
 #: (:func:`cell_cost_evals`): the default sweep, report, studies and asv grids need at most 2.2e8
 #: (asv's peak-memory cell of reinforce-ema on gaussian-cos, R = 10^4, N = 10^3, warm-up 20)
 MAX_COST_EVALS = 10**10
+
+
+def cell_bytes(
+    problem: Problem, replicates: int, estimator: GradientEstimator | None = None, budget: int | None = None,
+) -> tuple[int, int]:
+    """What a cell of ``replicates`` holds at once, in bytes: ``(estimates, block)``, the ``R x P``
+    estimates (with summarising's float64 copies, :data:`BYTES_PER_ESTIMATE` each) and one block's
+    sample-sized work, ``min(R, block) x B x (E + P)`` elements of the estimator's
+    :meth:`~gradnoise.base.GradientEstimator.sample_bytes` (0 without an estimator)."""
+    estimates = replicates * problem.param_numel() * BYTES_PER_ESTIMATE
+    if estimator is None:
+        return estimates, 0
+    rows = min(replicates, block_size(problem, estimator, budget))      # one block at a time
+    per_row = estimator.largest_batch(budget) * (problem.event_numel() + problem.param_numel())
+    return estimates, rows * per_row * estimator.sample_bytes(problem, budget)
 
 
 def check_memory(
@@ -173,18 +183,17 @@ def check_memory(
     The engine holds the ``R x P`` estimates (P the problem's parameter count; summarising adds
     float64 copies of one parameter at a time: :data:`BYTES_PER_ESTIMATE` each) and one chunk's
     sample-sized work: one block (:func:`block_size`) of ``block x B x (E + P)`` elements of
-    :data:`BYTES_PER_SAMPLE_ELEMENT`, B the estimator's
+    the estimator's :meth:`~gradnoise.base.GradientEstimator.sample_bytes` (:func:`cell_bytes`), B its
     :meth:`~gradnoise.base.GradientEstimator.largest_batch` (N, or a larger pilot) and E the event
     size. A block holds at least one replicate: with N (or the pilot) huge, one replicate's
     samples alone may not fit. ``max_elements`` is kept for callers; blocks, not it, set the size.
     Without an estimator only the estimates are counted.
     """
-    estimates = replicates * problem.param_numel() * BYTES_PER_ESTIMATE
-    samples, chunk, batch = 0, 0, 0
+    estimates, samples = cell_bytes(problem, replicates, estimator, budget)
+    batch = chunk = 0
     if estimator is not None:
         batch = estimator.largest_batch(budget)
-        chunk = min(replicates, block_size(problem, estimator, budget))   # one block at a time
-        samples = chunk * batch * (problem.event_numel() + problem.param_numel()) * BYTES_PER_SAMPLE_ELEMENT
+        chunk = min(replicates, block_size(problem, estimator, budget))
     need = estimates + samples
     if need < SMALL_CELL_BYTES:      # not worth reading /proc/meminfo (15 us, a small cell's 5%)
         return

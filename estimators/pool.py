@@ -22,7 +22,13 @@ How a map runs (:meth:`LocalPool.map`):
   sent to a worker forked in its place, up to :data:`MAX_ATTEMPTS` times per call, then one
   ``RuntimeError`` names it;
 * when the map ends, is closed early (the caller's error, Ctrl-C) or fails, every worker is
-  stopped; workers ignore SIGINT, so Ctrl-C reaches this process alone, which stops them.
+  stopped; workers ignore SIGINT, so Ctrl-C reaches this process alone, which stops them;
+* with ``memory`` (the bytes each call holds at once, as :func:`gradnoise.cluster.map_cells`
+  predicts them from :func:`gradnoise.engine.cell_bytes`), a call starts only where the workers'
+  predicted memory stays within a budget (:class:`MemoryBudget`): two calls that each need more
+  than the command's own process never run at once on 2 workers, and a worker gives the memory
+  of such a call back to the system when it ends (``malloc_trim``). So ``--workers 2`` holds at
+  most about 1.5 times what one process running the grid alone holds.
 
 What a forked worker can safely do is what the engine's cells do: torch at **one** intra-op
 thread on the CPU. GNU OpenMP is not fork-safe (measured here: a child forked after its parent
@@ -35,6 +41,7 @@ from __future__ import annotations
 
 import gc
 import multiprocessing
+import os
 import pickle
 import signal
 import sys
@@ -84,19 +91,41 @@ class LocalPool:
         """Worker name -> threads, as ``distributed.Client.nthreads()`` reports it (one thread each)."""
         return {f"local-{k}": 1 for k in range(self.workers)}
 
-    def map(self, calls: Sequence[tuple[Callable, tuple]]) -> Iterator[tuple[int, object]]:
+    def map(self, calls: Sequence[tuple[Callable, tuple]],
+            memory: Sequence[float] | None = None) -> Iterator[tuple[int, object]]:
         """``(index, function(*arguments))`` for each ``(function, arguments)`` of ``calls``, as
-        each finishes on a forked worker (any order). Closing the generator stops the workers."""
+        each finishes on a forked worker (any order). Closing the generator stops the workers.
+
+        ``memory``: the bytes each call is predicted to hold at once (None: not known). With it,
+        idle workers take the first call, in list order, that keeps the workers within the
+        :class:`MemoryBudget`, and a call larger than the budget's ``large`` ends with its
+        worker trimming its heap."""
         calls = list(calls)
         if not calls:
             return
         pending = deque(range(len(calls)))
         attempts = [0] * len(calls)
         workers: list[_Worker] = []
+        count = min(self.workers, len(calls))
+        budget = MemoryBudget(memory, count, resident_bytes()) if memory is not None else None
+
+        def feed_idle() -> None:
+            for worker in workers:
+                if worker.index is None and pending:
+                    busy = [w for w in workers if w is not worker and w.index is not None]
+                    index = pending[0] if budget is None else budget.choose(pending, worker, workers, busy)
+                    if index is None:
+                        continue
+                    pending.remove(index)
+                    attempts[index] += 1
+                    worker.run(index, budget is not None and budget.is_large(index))
+                    if budget is not None:
+                        worker.held = max(worker.held, budget.memory[index])
+
         try:
-            for _ in range(min(self.workers, len(calls))):
+            for _ in range(count):
                 workers.append(_Worker(calls))
-                workers[-1].feed(pending, attempts)
+            feed_idle()
             while any(w.index is not None for w in workers):
                 ready = set(wait([w.conn for w in workers] + [w.process.sentinel for w in workers]))
                 for worker in list(workers):
@@ -111,9 +140,11 @@ class LocalPool:
                     if message is not None:
                         index, ok, value = message
                         worker.index = None
+                        if budget is not None and budget.is_large(index):
+                            worker.held = 0.0             # it trimmed its heap
                         if not ok:
                             _raise_remote(calls, index, value)
-                        worker.feed(pending, attempts)
+                        feed_idle()
                         yield index, value
                         continue
                     if worker.process.is_alive():
@@ -132,12 +163,66 @@ class LocalPool:
                     pending.appendleft(lost)
                     workers.append(_Worker(calls))
                     self.replaced += 1
-                    workers[-1].feed(pending, attempts)
+                    feed_idle()
         finally:
             for worker in workers:
                 worker.stop()
             for worker in workers:
                 worker.close(wait=True)
+
+
+def resident_bytes() -> float:
+    """This process's resident memory (``VmRSS``) in bytes; 0 where ``/proc`` does not say."""
+    try:
+        with open(f"/proc/{os.getpid()}/status") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024.0
+    except OSError:
+        pass
+    return 0.0
+
+
+class MemoryBudget:
+    r"""Which call an idle worker may start, given the bytes each call holds at once.
+
+    With ``b`` the command's own resident memory when the workers are forked (shared with them
+    copy-on-write) and ``F`` the largest call's memory, one process running the calls one after
+    the other holds about ``b + F`` at its peak. A call is **large** when it holds more than
+    ``(b + F) / 2``; a worker keeps the memory of the small calls it ran for the next ones (glibc
+    keeps freed memory: :func:`gradnoise.cluster.keep_freed_memory`) and gives a large call's
+    back when it ends (``malloc_trim``). The workers' memory, the sum over workers of what each
+    holds (``held``: the largest small call since its last large one, or its large call), stays
+    within
+
+    .. math:: F + (W - 1)\,rac{b + F}{2},
+
+    so with ``W = 2`` workers the command's tree holds at most about ``1.5 (b + F)``: two large
+    calls never run at once, a large and a small one do. The first pending call (in list order:
+    largest work first) that fits is taken; where none fits the worker waits for another to end.
+    A call always starts on a worker when no other worker is busy (a lone call over the budget
+    runs alone). Small calls never wait: ``W - 1`` workers holding ``(b + F) / 2`` each leave
+    ``F`` for any call.
+    """
+
+    def __init__(self, memory: Sequence[float], workers: int, base: float):
+        self.memory = [float(m) for m in memory]
+        largest = max(self.memory, default=0.0)
+        self.large = (base + largest) / 2
+        self.limit = largest + (max(1, workers) - 1) * self.large
+
+    def is_large(self, index: int) -> bool:
+        return self.memory[index] > self.large
+
+    def choose(self, pending: deque, worker: "_Worker", workers: list, busy: list) -> int | None:
+        """The first of ``pending`` that ``worker`` may start now, or None (wait)."""
+        if not busy:
+            return pending[0]
+        others = sum(w.held for w in workers if w is not worker)
+        for index in pending:
+            if others + max(worker.held, self.memory[index]) <= self.limit:
+                return index
+        return None
 
 
 class _Worker:
@@ -159,13 +244,13 @@ class _Worker:
             gc.unfreeze()
         there.close()
         self.index: int | None = None
+        #: the bytes this worker is predicted to hold (:class:`MemoryBudget`)
+        self.held = 0.0
 
-    def feed(self, pending: deque, attempts: list) -> None:
-        """Send this worker the next pending call's index, if any (else it idles until stopped)."""
-        if pending:
-            self.index = pending.popleft()
-            attempts[self.index] += 1
-            self.conn.send(self.index)
+    def run(self, index: int, trim: bool = False) -> None:
+        """Send this worker call ``index``; ``trim``: give the call's memory back when it ends."""
+        self.index = index
+        self.conn.send((index, trim))
 
     def stop(self) -> None:
         """Ask the worker to exit after its current call (an idle one exits at once)."""
@@ -199,6 +284,7 @@ def _serve(calls: list, conn) -> None:
             return
         if index is None:
             return
+        index, trim = index
         function, arguments = calls[index]
         try:
             message = (index, True, function(*arguments))
@@ -212,7 +298,24 @@ def _serve(calls: list, conn) -> None:
             payload = pickle.dumps((index, False, _error(TypeError(
                 f"the result of {_describe(calls[index])} cannot be pickled back from the worker "
                 f"({type(err).__name__}: {err})"))))
+        del message
+        if trim:                                      # before the parent hears of it (MemoryBudget)
+            release_freed_memory()
         conn.send_bytes(payload)
+
+
+def release_freed_memory() -> bool:
+    """Give the memory this process has freed back to the system (glibc's ``malloc_trim(0)``);
+    True when it did. Not glibc: nothing done."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+    import ctypes.util
+
+    try:
+        return bool(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0))
+    except (OSError, AttributeError):
+        return False
 
 
 def _error(err: BaseException) -> tuple:

@@ -114,6 +114,11 @@ class RelaxedControlVariate(DiscreteEstimator):
     def warmup_steps(self, n):
         return self.warmup if self.adapting else 0
 
+    def sample_bytes(self, problem, n):
+        """112: u, v, z, z~, b, three relaxed costs and the double-backward graph of the adapting
+        estimate (at most 98 measured, bernoulli-toy at N = 100: ``benchmarks/scripts/block_memory.py``)."""
+        return 112
+
     def amortised_evals(self, n):
         return self.warmup_steps(n) * self.cost_evals(n)
 
@@ -252,6 +257,17 @@ class RELAX(RelaxedControlVariate):
             raise ValueError(f"hidden must be >= 1, got {hidden}")
         super().__init__(**options)
         self.hidden = int(hidden)
+
+    def sample_bytes(self, problem, n):
+        """REBAR's part, the network's ``(n, R, hidden)`` activations at z and z~ with their
+        double-backward graph (56 bytes per hidden unit per sample, over its E + P elements), and
+        each replicate's network with its Adam moments (80 bytes per number, over the replicate's
+        ``n (E + P)`` elements). Measured (``benchmarks/scripts/block_memory.py``, 10 units, R =
+        10^4) against this: bernoulli-toy 451 / 504 at N = 10, 396 / 419 at N = 30, 269 / 389 at
+        N = 100; bernoulli-toy-nd 158 / 260, 168 / 214, 136 / 197."""
+        width = max(1, problem.event_numel() + problem.param_numel())
+        numbers = max(1, problem.event_numel()) * self.hidden + 2 * self.hidden + 2   # w1, b1, w2, b2
+        return 96 + math.ceil(56 * self.hidden / width) + math.ceil(80 * numbers / (n * width))
 
     def init_extra(self, logits):
         r, d, h = logits.shape[0], max(1, logits[0].numel()), self.hidden

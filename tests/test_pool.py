@@ -149,3 +149,90 @@ def test_the_sweep_command_with_workers_uses_forked_workers_not_dask(tmp_path, m
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "[]"
     assert "too little to pay off" not in done.stderr
+
+
+# ------------------------------------------------------------------------------------------
+# memory: calls that each need more than the command's process never run at once on 2 workers
+# ------------------------------------------------------------------------------------------
+def interval(seconds):
+    """The call's ``(start, end)`` on the machine's monotonic clock, having slept ``seconds``."""
+    import time
+
+    start = time.monotonic()
+    time.sleep(seconds)
+    return start, time.monotonic()
+
+
+def overlap(a, b) -> bool:
+    return a[0] < b[1] and b[0] < a[1]
+
+
+@pytest.mark.parametrize("budgeted", [True, False])
+def test_two_large_calls_never_run_at_once_and_small_ones_run_beside_them(budgeted):
+    """Two calls predicted at 10x the command's own memory each (``large``) and two small ones on
+    2 workers: with the budget the large ones run one after the other, each beside a small one;
+    without it (the negative control) the two large ones are the first two calls and run together."""
+    big = 10 * pool.resident_bytes()
+    memory = [big, big, 1.0, 1.0] if budgeted else None
+    done = dict(LocalPool(2).map([(interval, (0.5,))] * 4, memory))
+    assert overlap(done[0], done[1]) is not budgeted
+    if budgeted:
+        assert overlap(done[0], done[2]) and overlap(done[1], done[3])
+
+
+def test_the_budget_admits_a_large_call_beside_small_ones_and_waits_for_two_large():
+    """The rule's arithmetic (:class:`gradnoise.pool.MemoryBudget`): with b = 100, F = 300 a call
+    is large above 200 and 2 workers may hold 300 + 200; 3 workers 300 + 2 x 200."""
+    budget = pool.MemoryBudget([300, 250, 150, 200], workers=2, base=100)
+    assert budget.large == 200 and budget.limit == 500
+    assert [budget.is_large(k) for k in range(4)] == [True, True, False, False]
+
+    class Held:
+        def __init__(self, held, index=None):
+            self.held, self.index = held, index
+
+    running_large, idle = Held(300, 0), Held(0)
+    pending = [1, 2, 3]
+    assert budget.choose(pending, idle, [running_large, idle], [running_large]) == 2   # 250 waits, 150 fits
+    assert budget.choose([1], idle, [running_large, idle], [running_large]) is None
+    assert budget.choose([1], idle, [running_large, idle], []) == 1                   # nothing else busy: runs
+    small = Held(200, 3)
+    assert budget.choose([0], idle, [small, idle], [small]) == 0                       # small calls never block
+    assert pool.MemoryBudget([300], workers=3, base=100).limit == 700
+
+
+def allocate(mib):
+    """Touch ``mib`` MiB on glibc's heap (as the engine's blocks do: freed memory kept), free it,
+    and return this worker's resident bytes."""
+    cluster.keep_freed_memory()
+    block = torch.ones(mib * 2**18)
+    del block
+    return pool.resident_bytes()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc_trim")
+def test_a_worker_gives_a_large_calls_memory_back_when_it_ends():
+    """One worker runs a call that touches 400 MiB, then one that reports its memory: with the
+    call predicted large the worker trims its heap in between; without a prediction it keeps it."""
+    big = 10 * pool.resident_bytes()
+    kept = dict(LocalPool(1).map([(allocate, (400,)), (pool.resident_bytes, ())]))
+    trimmed = dict(LocalPool(1).map([(allocate, (400,)), (pool.resident_bytes, ())], [big, 1.0]))
+    assert kept[1] > kept[0] - 50 * 2**20                     # the heap kept: still about as large
+    assert trimmed[1] < trimmed[0] - 300 * 2**20               # given back
+
+
+def test_the_engine_counts_an_estimators_declared_bytes_per_sample_element():
+    """RELAX's and Gumbel-Rao's blocks are wider than their samples: the memory check and the
+    workers' budget count them at their ``sample_bytes``, the others at the default."""
+    problem = gn.make_problem("bernoulli-toy-nd")
+    per = {}
+    for name in ("reinforce", "relax", "relax:hidden=20", "gumbel-rao:k=20", "rebar"):
+        estimator = gn.get_estimator(name)
+        estimates, block = gn.engine.cell_bytes(problem, 10_000, estimator, 100)
+        rows = min(10_000, gn.engine.block_size(problem, estimator, 100))
+        per[name] = estimator.sample_bytes(problem, 100)
+        assert block == rows * 100 * (problem.event_numel() + problem.param_numel()) * per[name]
+        assert estimates == 10_000 * problem.param_numel() * gn.engine.BYTES_PER_ESTIMATE
+    assert per["reinforce"] == gn.engine.BYTES_PER_SAMPLE_ELEMENT
+    assert per["relax:hidden=20"] > per["relax"] > per["rebar"] > per["reinforce"]
+    assert per["gumbel-rao:k=20"] == 2 * gn.get_estimator("gumbel-rao").sample_bytes(problem, 100)
