@@ -27,8 +27,10 @@ How a map runs (:meth:`LocalPool.map`):
   predicts them from :func:`gradnoise.engine.cell_bytes`), a call starts only where the workers'
   predicted memory stays within a budget (:class:`MemoryBudget`): two calls that each need more
   than the command's own process never run at once on 2 workers, and a worker gives the memory
-  of such a call back to the system when it ends (``malloc_trim``). So ``--workers 2`` holds at
-  most about 1.5 times what one process running the grid alone holds.
+  of such a call back to the system when it ends (``malloc_trim``). So ``--workers 2`` is meant
+  to hold at most about 1.5 times what one process running the grid alone holds (measured in
+  docs/scaling.md: 1.15-1.18x on the report's grid at R = 10^4, 1.35-1.55x where every task is
+  a chunk of one large cell and both workers must run such chunks at once).
 
 What a forked worker can safely do is what the engine's cells do: torch at **one** intra-op
 thread on the CPU. GNU OpenMP is not fork-safe (measured here: a child forked after its parent
