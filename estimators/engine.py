@@ -152,7 +152,6 @@ def available_memory() -> int | None:
     return None
 
 
-
 #: default bound on a cell's cost evaluations, R x (per estimate + amortised warm-up)
 #: (:func:`cell_cost_evals`): the default sweep, report, studies and asv grids need at most 2.2e8
 #: (asv's peak-memory cell of reinforce-ema on gaussian-cos, R = 10^4, N = 10^3, warm-up 20)

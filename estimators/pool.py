@@ -197,7 +197,7 @@ class MemoryBudget:
     holds (``held``: the largest small call since its last large one, or its large call), stays
     within
 
-    .. math:: F + (W - 1)\,rac{b + F}{2},
+    .. math:: F + (W - 1)\,\frac{b + F}{2},
 
     so with ``W = 2`` workers the command's tree holds at most about ``1.5 (b + F)``: two large
     calls never run at once, a large and a small one do. The first pending call (in list order:
