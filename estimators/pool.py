@@ -103,6 +103,8 @@ class LocalPool:
         :class:`MemoryBudget`, and a call larger than the budget's ``large`` ends with its
         worker trimming its heap."""
         calls = list(calls)
+        if memory is not None and len(memory) != len(calls):
+            raise ValueError(f"memory must give one number of bytes per call: {len(memory)} for {len(calls)} calls")
         if not calls:
             return
         pending = deque(range(len(calls)))

@@ -199,6 +199,8 @@ def test_the_budget_admits_a_large_call_beside_small_ones_and_waits_for_two_larg
     small = Held(200, 3)
     assert budget.choose([0], idle, [small, idle], [small]) == 0                       # small calls never block
     assert pool.MemoryBudget([300], workers=3, base=100).limit == 700
+    with pytest.raises(ValueError, match="one number of bytes per call: 1 for 2 calls"):
+        list(LocalPool(2).map([(square, (1,)), (square, (2,))], [1.0]))
 
 
 def allocate(mib):
