@@ -11,7 +11,7 @@ import contextlib
 import sys
 
 from gradnoise import cluster
-from gradnoise.cluster import estimated_seconds, open_client
+from gradnoise.cluster import estimated_seconds, open_client, piloted_seconds
 
 #: seconds to wait for a scheduler given with --scheduler before giving up with one error
 CONNECT_TIMEOUT = 5.0
@@ -54,16 +54,20 @@ def client_from_args(args: argparse.Namespace, grid=None, replicates: int | None
     scheduler are one ``ValueError`` each.
 
     Given the ``grid`` and ``replicates`` it will run, ``--workers`` on a grid too small to pay off
-    (:func:`gradnoise.cluster.estimated_seconds` below :data:`~gradnoise.cluster.MIN_LOCAL_SECONDS`
-    for forked workers, :data:`~gradnoise.cluster.MIN_CLUSTER_SECONDS` for a Dask cluster) runs it
-    in this process instead, with the same numbers, and says so in one line on stderr;
+    (:func:`gradnoise.cluster.estimated_seconds`, and where that low estimate is short,
+    :func:`gradnoise.cluster.piloted_seconds`, which times a few replicates of each problem and
+    estimator, below :data:`~gradnoise.cluster.MIN_LOCAL_SECONDS` for forked workers,
+    :data:`~gradnoise.cluster.MIN_CLUSTER_SECONDS` for a Dask cluster) runs it in this process instead, with the same numbers, and says so in one line on stderr;
     ``--scheduler`` is always used."""
     check_cluster_arguments(args)
     device = getattr(args, "device", "cpu")
     kind = cluster.local_kind(args.threads, device)         # decided once: forked workers or Dask
     if args.workers is not None and grid is not None and replicates is not None:
+        enough = cluster.MIN_LOCAL_SECONDS if kind == "fork" else cluster.MIN_CLUSTER_SECONDS
         seconds = estimated_seconds(grid, replicates)
-        if seconds < (cluster.MIN_LOCAL_SECONDS if kind == "fork" else cluster.MIN_CLUSTER_SECONDS):
+        if seconds < enough:      # a low estimate: time a few replicates before running alone
+            seconds = piloted_seconds(grid, replicates, enough=enough, threads=args.threads)
+        if seconds < enough:
             print(f"--workers {args.workers}: this grid is about {seconds:.2g} s of work in one process, too little "
                   f"to pay off starting workers; running it in this process (the same numbers)", file=sys.stderr)
             yield None

@@ -48,13 +48,14 @@ import math
 import os
 import sys
 import threading
+import time
 import warnings
 from typing import Iterator, Sequence
 
 from .base import GradientEstimator, Problem
 from . import provenance
 from .engine import (MAX_ELEMENTS, blocks, cell_bytes, cell_cost_evals, check_threads, chunk_estimates, chunks, gather_chunks, measure_cell,
-                     summarise_estimates, torch_threads)
+                     replicate_estimates, summarise_estimates, torch_threads)
 
 #: one cell at a time per process (see the module docstring)
 _CELL_LOCK = threading.Lock()
@@ -261,6 +262,54 @@ def estimated_seconds(grid: Sequence[tuple[Problem, GradientEstimator, int]], re
     """A rough lower estimate of ``grid``'s time in one process at one thread:
     ``sum(CELL_SECONDS + ELEMENT_SECONDS x cell_work)``; what decides whether a local cluster pays."""
     return sum(CELL_SECONDS + ELEMENT_SECONDS * cell_work(p, e, n, replicates) for p, e, n in grid)
+
+
+#: replicates of the largest cell of each problem and estimator that :func:`piloted_seconds` times
+PILOT_REPLICATES = 32
+#: the most seconds :func:`piloted_seconds` spends on pilots before it trusts the low estimate
+PILOT_SECONDS = 0.5
+
+
+def piloted_seconds(grid: Sequence[tuple[Problem, GradientEstimator, int]], replicates: int, *,
+                    enough: float, threads: int | None = 1) -> float:
+    """:func:`estimated_seconds` with each problem and estimator's time per element of work
+    measured, for a grid the low estimate puts under ``enough`` seconds: the elements of
+    :func:`cell_work` cost 1-10 ns for most estimators but 50-130 ns for RELAX and 250-450 ns for
+    Gumbel-Rao (measured at R = 10^4 on the report's grid), which the low estimate would run in
+    one process. For each (problem, estimator), largest work first, its largest cell is computed at
+    ``min(R, PILOT_REPLICATES)`` replicates (at ``threads``; the estimates are thrown away, no
+    number changes: every block draws from its own seed) and its cells estimated at that rate
+    (:data:`CELL_SECONDS` a cell plus rate x work; the pilot's fixed costs make it high at small
+    R, which errs towards workers). Returns as soon as the estimate reaches ``enough``; after
+    :data:`PILOT_SECONDS` of pilots the pairs not yet timed keep their low estimate. A pilot
+    that fails (a cost that returns NaN) keeps its pair's low estimate: the run reports it."""
+    pairs: dict[tuple[int, int], list[tuple[Problem, GradientEstimator, int]]] = {}
+    for problem, estimator, n in grid:
+        pairs.setdefault((id(problem), id(estimator)), []).append((problem, estimator, n))
+    work = {key: [cell_work(p, e, n, replicates) for p, e, n in cells] for key, cells in pairs.items()}
+    low = {key: sum(CELL_SECONDS + ELEMENT_SECONDS * w for w in work[key]) for key in pairs}
+    total = sum(low.values())
+    spent = 0.0
+    for key in sorted(pairs, key=lambda k: -sum(work[k])):
+        if total >= enough or spent >= PILOT_SECONDS:
+            break
+        cells = pairs[key]
+        largest = max(range(len(cells)), key=lambda k: work[key][k])
+        problem, estimator, n = cells[largest]
+        r = min(replicates, PILOT_REPLICATES)
+        start = time.perf_counter()
+        try:
+            with torch_threads(threads):
+                replicate_estimates(problem, estimator, n, r, 0)
+        except Exception:                     # noqa: BLE001 -- the run itself reports it
+            spent += time.perf_counter() - start
+            continue
+        took = time.perf_counter() - start
+        spent += took
+        rate = took / max(1, cell_work(problem, estimator, n, r))
+        measured = sum(CELL_SECONDS + max(ELEMENT_SECONDS, rate) * w for w in work[key])
+        total += max(0.0, measured - low[key])
+    return total
 
 
 def plan(grid: Sequence[tuple[Problem, GradientEstimator, int]], replicates: int, workers: int) -> list[tuple]:

@@ -413,3 +413,37 @@ def test_workers_on_a_grid_too_small_to_pay_off_run_in_this_process(tmp_path, ca
     assert "too little to pay off starting workers; running it in this process" in capsys.readouterr().err
     seq, par = pd.read_csv(tmp_path / "seq.csv"), pd.read_csv(tmp_path / "par.csv")
     pd.testing.assert_frame_equal(seq[STAT_COLUMNS], par[STAT_COLUMNS], check_exact=True)
+
+
+def slow_reinforce(seconds: float, fail: bool = False):
+    """REINFORCE whose every estimate first sleeps ``seconds`` (or raises): an estimator far
+    slower per element of work than the low estimate assumes, as RELAX is."""
+    import copy
+    import time as _time
+
+    base = gn.get_estimator("reinforce")
+
+    class Slow(type(base)):
+        def estimate(self, problem, params, n, state):
+            if fail:
+                raise gn.NonFiniteCostError("the cost returned NaN")
+            _time.sleep(seconds)
+            return super().estimate(problem, params, n, state)
+
+    slow = copy.copy(base)
+    slow.__class__ = Slow
+    return slow
+
+
+def test_a_grid_the_low_estimate_calls_small_is_timed_before_it_runs_alone():
+    """The low estimate (20 ms a cell, 1 ns an element) would run this slow cell in one process;
+    its pilot (32 of its 320 replicates) measures 0.1 s, so about 1 s for the cell: workers pay.
+    A pilot that fails keeps the low estimate (the run itself reports the error)."""
+    problem = gn.make_problem("gaussian-quadratic")
+    grid = [(problem, slow_reinforce(0.1), 4)]
+    low = cluster.estimated_seconds(grid, 320)
+    assert low < 0.05
+    assert cluster.piloted_seconds(grid, 320, enough=100.0) > 0.9              # 10 x 0.1 s
+    assert cluster.piloted_seconds([(problem, slow_reinforce(0.1, fail=True), 4)], 320, enough=100.0) == low
+    quick = [(problem, gn.get_estimator("reinforce"), 4)]
+    assert cluster.piloted_seconds(quick, 320, enough=100.0) < 0.1             # a quick cell stays small

@@ -34,7 +34,10 @@ The grids (``--grids``):
             N = 1, 3, 10, 30, 100, R = 300): sweep, fits, figures and summary;
 ``report4`` the report's grid at R = 10,000 (``gradnoise report --replicates 10000``): longer;
 ``small``   60 rows of small cells: gaussian-quadratic x reinforce, reinforce-loo, reparam x
-            N = 2, 4, 8, ..., 1024 (2 rows a cell), R = 200 (``gradnoise sweep``).
+            N = 2, 4, 8, ..., 1024 (2 rows a cell), R = 200 (``gradnoise sweep``);
+``discrete`` 18 cells of slow estimators: bernoulli-toy, bernoulli-toy-nd x relax, rebar,
+            gumbel-rao x N = 10, 30, 100, R = 2000: their elements of work cost 10-100 times the
+            others', so the low estimate of a grid's time alone would run them in one process.
 
 Oracle truths and trained models are cached in ``$GRADNOISE_CACHE`` by a warm-up run of each
 grid's sequential command before the timings (``--no-warm-up`` leaves it out).
@@ -72,6 +75,9 @@ def grids() -> dict[str, tuple[str, list[str]]]:
         "report4": ("sweep.csv", ["report", "--quiet", "--fresh", "--out-dir", "{out}", "--replicates", "10000"]),
         "small": ("sweep.csv", sweep(["gaussian-quadratic"], ["reinforce", "reinforce-loo", "reparam"],
                                      [2**k for k in range(1, 11)], 200)),
+        # few cells, each slow per element of work: what the low estimate alone ran in one process
+        "discrete": ("sweep.csv", sweep(["bernoulli-toy", "bernoulli-toy-nd"], ["relax", "rebar", "gumbel-rao"],
+                                        [10, 30, 100], 2000)),
     }
 
 
