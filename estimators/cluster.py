@@ -321,7 +321,9 @@ def plan(grid: Sequence[tuple[Problem, GradientEstimator, int]], replicates: int
     A cell is large when its work (:func:`cell_work`) exceeds a task's share,
     ``max(BATCH_ELEMENTS, grid's work / (TASKS_PER_WORKER x workers))``; it is cut into about
     ``work / share`` chunks of consecutive blocks (at most one per block), so that one large cell
-    no longer caps the speed-up: the numbers do not depend on the cut (blocks are seeded by index)."""
+    no longer caps the speed-up: the numbers do not depend on the cut (blocks are seeded by index).
+    A large cell of one block is one ``"cells"`` task: a worker summarises it, where a chunk's
+    estimates would come back to be summarised in this process."""
     workers = max(1, int(workers))
     work = [cell_work(p, e, n, replicates) for p, e, n in grid]
     share = max(BATCH_ELEMENTS, sum(work) / (TASKS_PER_WORKER * workers))
@@ -334,6 +336,9 @@ def plan(grid: Sequence[tuple[Problem, GradientEstimator, int]], replicates: int
     for i in large:
         problem, estimator, n = grid[i]
         cut = chunks(problem, estimator, n, replicates, math.ceil(work[i] / share))
+        if len(cut) == 1:       # one block: the whole cell, summarised where it runs, not here
+            tasks.append((work[i], ("cells", problem, estimator, [(i, n)])))
+            continue
         tasks.extend((work[i] * (stop - start) / cut[-1][1], ("chunk", i, start, stop)) for start, stop in cut)
     tasks.sort(key=lambda task: -task[0])         # largest first: the short ones fill the end
     return [task for _, task in tasks]

@@ -1,6 +1,7 @@
 """The gradnoise command line: help with examples, one-line errors, and fit/plot/report end to end."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -71,6 +72,23 @@ def test_console_script_exits_non_zero_without_traceback(tmp_path):
     run = subprocess.run([sys.executable, "-m", "gradnoise.analysis", "fit", str(tmp_path / "missing.csv")],
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 2 and "Traceback" not in run.stderr and run.stderr.count("\n") == 1
+
+
+def test_the_executable_exits_with_the_commands_status_and_its_output(tmp_path):
+    """``python -m gradnoise.analysis`` ends with ``os._exit`` after the command
+    (:func:`gradnoise.analysis.cli.run`): its status, its output flushed, its files written."""
+    def gradnoise(*args):
+        return subprocess.run([sys.executable, "-m", "gradnoise.analysis", *args], capture_output=True, text=True,
+                              timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    done = gradnoise("sweep", "--problem", "gaussian-quadratic", "--estimator", "reinforce", "--budget", "4",
+                     "--replicates", "20", "--quiet", "--out", str(tmp_path / "s.csv"))
+    assert done.returncode == 0 and "wrote 2 rows" in done.stdout, done.stderr
+    assert len(pd.read_csv(tmp_path / "s.csv")) == 2
+    helped = gradnoise("--help")
+    assert helped.returncode == 0 and "usage: gradnoise" in helped.stdout
+    wrong = gradnoise("no-such-command")
+    assert wrong.returncode == 2 and "invalid choice" in wrong.stderr
+    assert gradnoise("sweep", "--problem", "no-such-problem", "--out", str(tmp_path / "t.csv")).returncode == 2
 
 
 def test_fit_then_plot(sweep_csv, tmp_path):

@@ -196,7 +196,8 @@ if __name__ == "__main__":
 
 def startup(env: dict, workers: int) -> None:
     """Where a command's start-up goes: fresh interpreters importing more and more, then a local
-    cluster's start (:func:`gradnoise.cluster.open_client`), first call, and stop."""
+    cluster's start (:func:`gradnoise.cluster.open_client`), first call, and stop; and its end:
+    a small sweep ending through Python's teardown against ``os._exit``."""
     print("start-up, each step in a fresh process (best of 3):")
     for label, code in STARTUP_STEPS:
         best = float("inf")
@@ -214,6 +215,22 @@ def startup(env: dict, workers: int) -> None:
     print(f"  forked local workers (the default): {workers} forked, one call each, stopped: {forked:.3f} s")
     print(f"  a Dask LocalCluster of {workers} workers (after the imports above): {up:.2f} s to start (each worker "
           f"forked from a forkserver that imports gradnoise once), {first:.2f} s first call, {stop:.2f} s to stop; load {load()}")
+    # the end of a command: Python's teardown of its modules against gradnoise's os._exit
+    # (gradnoise.analysis.cli.run), the same small sweep, alternated
+    with tempfile.TemporaryDirectory() as tmp:
+        sweep = ["sweep", "--problem", "gaussian-quadratic", "--estimator", "reinforce", "--budget", "4",
+                 "--replicates", "200", "--quiet", "--fresh", "--out", os.path.join(tmp, "s.csv")]
+        ways = {"python's teardown": [sys.executable, "-c", "import sys; from gradnoise.analysis.cli import main; "
+                                      "raise SystemExit(main(sys.argv[1:]))"],
+                "os._exit (python -m gradnoise.analysis)": [sys.executable, "-m", "gradnoise.analysis"]}
+        best = dict.fromkeys(ways, float("inf"))
+        for _ in range(3):
+            for label, command in ways.items():
+                start = time.perf_counter()
+                subprocess.run(command + sweep, env=env, check=True, capture_output=True)
+                best[label] = min(best[label], time.perf_counter() - start)
+    print("  a one-cell sweep, whole command (best of 3, alternated): "
+          + ", ".join(f"{label} {seconds:.2f} s" for label, seconds in best.items()))
 
 
 def same_numbers(a: str, b: str) -> bool:
