@@ -123,11 +123,12 @@ def run() -> None:
     Python's finalisation of the 2,000 modules a command imports (torch's among them) takes
     0.4-0.7 s on 2 cores after every command, for nothing a command needs: everything it writes
     is closed by then. So once :func:`main` returns (or raises: the traceback is printed as
-    Python would), non-daemon threads are waited for, the exit handlers run (``atexit``: logging's flush, multiprocessing's,
-    ``weakref.finalize``'s), stdout and stderr are flushed, and the process ends with
-    ``os._exit`` and the command's status. :func:`main` itself returns normally, for callers in
-    Python (tests, notebooks)."""
+    Python would), non-daemon threads are waited for, the exit handlers run (``atexit``:
+    logging's flush, multiprocessing's, ``weakref.finalize``'s), stdout and stderr are flushed,
+    and the process ends with ``os._exit`` and the command's status. :func:`main` itself returns
+    normally, for callers in Python (tests, notebooks)."""
     import atexit
+    import threading
     import traceback
 
     try:
@@ -142,8 +143,6 @@ def run() -> None:
     elif not isinstance(status, int):        # SystemExit("message"): printed, exit 1
         print(status, file=sys.stderr)
         status = 1
-    import threading
-
     for thread in threading.enumerate():    # as Python's shutdown does: wait for non-daemon threads
         if thread is not threading.main_thread() and not thread.daemon:
             thread.join()

@@ -57,8 +57,9 @@ def client_from_args(args: argparse.Namespace, grid=None, replicates: int | None
     (:func:`gradnoise.cluster.estimated_seconds`, and where that low estimate is short,
     :func:`gradnoise.cluster.piloted_seconds`, which times a few replicates of each problem and
     estimator, below :data:`~gradnoise.cluster.MIN_LOCAL_SECONDS` for forked workers,
-    :data:`~gradnoise.cluster.MIN_CLUSTER_SECONDS` for a Dask cluster) runs it in this process instead, with the same numbers, and says so in one line on stderr;
-    ``--scheduler`` is always used."""
+    :data:`~gradnoise.cluster.MIN_CLUSTER_SECONDS` for a Dask cluster) runs it in this process
+    instead, with the same numbers, and says so in one line on stderr; ``--scheduler`` is always
+    used."""
     check_cluster_arguments(args)
     device = getattr(args, "device", "cpu")
     kind = cluster.local_kind(args.threads, device)         # decided once: forked workers or Dask
