@@ -90,16 +90,10 @@ def keep_freed_memory() -> bool:
     worker (:func:`cell_context`), never at import nor by ``gn.measure`` in a user's own process
     (``tests/test_benchmarks.py`` checks the import). Not glibc (musl, macOS): nothing done.
     """
-    if not sys.platform.startswith("linux"):
-        return False
-    import ctypes
-    import ctypes.util
+    from .pool import glibc
 
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return bool(libc.mallopt(M_MMAP_MAX, 0) and libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
-    except (OSError, AttributeError):     # not glibc
-        return False
+    libc = glibc()
+    return bool(libc is not None and libc.mallopt(M_MMAP_MAX, 0) and libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
 
 
 @contextlib.contextmanager
@@ -261,7 +255,12 @@ MIN_LOCAL_SECONDS = 1.0
 def estimated_seconds(grid: Sequence[tuple[Problem, GradientEstimator, int]], replicates: int) -> float:
     """A rough lower estimate of ``grid``'s time in one process at one thread:
     ``sum(CELL_SECONDS + ELEMENT_SECONDS x cell_work)``; what decides whether a local cluster pays."""
-    return sum(CELL_SECONDS + ELEMENT_SECONDS * cell_work(p, e, n, replicates) for p, e, n in grid)
+    return _seconds([cell_work(p, e, n, replicates) for p, e, n in grid])
+
+
+def _seconds(work: Sequence[int], rate: float = ELEMENT_SECONDS) -> float:
+    """Cells of ``work`` elements each at ``rate`` seconds an element: ``sum(CELL_SECONDS + rate x work)``."""
+    return sum(CELL_SECONDS + rate * w for w in work)
 
 
 #: replicates of the largest cell of each problem and estimator that :func:`piloted_seconds` times
@@ -287,7 +286,7 @@ def piloted_seconds(grid: Sequence[tuple[Problem, GradientEstimator, int]], repl
     for problem, estimator, n in grid:
         pairs.setdefault((id(problem), id(estimator)), []).append((problem, estimator, n))
     work = {key: [cell_work(p, e, n, replicates) for p, e, n in cells] for key, cells in pairs.items()}
-    low = {key: sum(CELL_SECONDS + ELEMENT_SECONDS * w for w in work[key]) for key in pairs}
+    low = {key: _seconds(work[key]) for key in pairs}
     total = sum(low.values())
     spent = 0.0
     for key in sorted(pairs, key=lambda k: -sum(work[k])):
@@ -307,8 +306,7 @@ def piloted_seconds(grid: Sequence[tuple[Problem, GradientEstimator, int]], repl
         took = time.perf_counter() - start
         spent += took
         rate = took / max(1, cell_work(problem, estimator, n, r))
-        measured = sum(CELL_SECONDS + max(ELEMENT_SECONDS, rate) * w for w in work[key])
-        total += max(0.0, measured - low[key])
+        total += max(0.0, _seconds(work[key], max(ELEMENT_SECONDS, rate)) - low[key])
     return total
 
 

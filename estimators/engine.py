@@ -189,10 +189,6 @@ def check_memory(
     Without an estimator only the estimates are counted.
     """
     estimates, samples = cell_bytes(problem, replicates, estimator, budget)
-    batch = chunk = 0
-    if estimator is not None:
-        batch = estimator.largest_batch(budget)
-        chunk = min(replicates, block_size(problem, estimator, budget))
     need = estimates + samples
     if need < SMALL_CELL_BYTES:      # not worth reading /proc/meminfo (15 us, a small cell's 5%)
         return
@@ -206,6 +202,7 @@ def check_memory(
             f"for its {problem.param_numel()} x R estimates{'' if estimator else ' alone'}, more than the "
             f"{have / gib:.1f} GiB available; use fewer replicates"
         )
+    batch, chunk = estimator.largest_batch(budget), min(replicates, block_size(problem, estimator, budget))
     pilot = " (its pilot batch)" if batch > budget else ""
     raise MemoryError(
         f"problem {problem.spec!r} x estimator {estimator.name!r} at N = {budget} needs about {need / gib:.1f} GiB "

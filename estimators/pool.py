@@ -41,6 +41,7 @@ and :func:`gradnoise.cluster.open_client` then starts a Dask ``LocalCluster`` as
 """
 from __future__ import annotations
 
+import functools
 import gc
 import multiprocessing
 import os
@@ -308,18 +309,28 @@ def _serve(calls: list, conn) -> None:
         conn.send_bytes(payload)
 
 
-def release_freed_memory() -> bool:
-    """Give the memory this process has freed back to the system (glibc's ``malloc_trim(0)``);
-    True when it did. Not glibc: nothing done."""
+@functools.lru_cache(maxsize=1)
+def glibc():
+    """The C library as a ``ctypes.CDLL`` where it is glibc on Linux (it has ``mallopt`` and
+    ``malloc_trim``), else None; loaded once (``find_library`` asks ``ldconfig``)."""
     if not sys.platform.startswith("linux"):
-        return False
+        return None
     import ctypes
     import ctypes.util
 
     try:
-        return bool(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0))
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt, libc.malloc_trim             # noqa: B018 -- AttributeError where not glibc (musl)
     except (OSError, AttributeError):
-        return False
+        return None
+    return libc
+
+
+def release_freed_memory() -> bool:
+    """Give the memory this process has freed back to the system (glibc's ``malloc_trim(0)``);
+    True when it did. Not glibc: nothing done."""
+    libc = glibc()
+    return bool(libc is not None and libc.malloc_trim(0))
 
 
 def _error(err: BaseException) -> tuple:
