@@ -319,7 +319,8 @@ def test_chunked_cells_are_bitwise_the_sequential_run(workers, local, request):
     chunked = [t for t in cluster.plan(grid, LARGE_R, workers) if t[0] == "chunk"]
     big = len(gn.engine.blocks(*grid[1], LARGE_R))
     assert big == 5 and len({t[1] for t in chunked}) >= 1 and len(chunked) >= 2     # the cut is exercised
-    sequential = pd.DataFrame([r for p, e, n in grid for r in gn.measure_cell(p, e, n, LARGE_R, 0)])
+    with gn.engine.torch_threads(1):        # the workers' count, whatever this process's default
+        sequential = pd.DataFrame([r for p, e, n in grid for r in gn.measure_cell(p, e, n, LARGE_R, 0)])
     if local:           # forked workers, as many as the plan is cut for
         with cluster.open_client(workers=workers) as pool:
             assert isinstance(pool, LocalPool) and len(pool.nthreads()) == workers
@@ -384,7 +385,8 @@ def test_a_killed_workers_chunk_not_its_cell_is_recomputed(runner, tmp_path, mon
     grid = [(problem, estimator, n)]
     tasks = cluster.plan(grid, replicates, 1)
     assert [t[2:] for t in tasks] == [(0, 2), (2, 4), (4, 6), (6, 8)]      # 4 chunks of 2 blocks
-    reference = gn.measure_cell(problem, estimator, n, replicates, seed)
+    with gn.engine.torch_threads(1):
+        reference = gn.measure_cell(problem, estimator, n, replicates, seed)
     rows = dict(cluster.map_cells(runner, grid, replicates, seed, workers=1))[0]
     assert os.path.exists(marker)                              # a worker was killed mid-chunk
     with open(log) as fh:
