@@ -29,7 +29,7 @@ How a map runs (:meth:`LocalPool.map`):
   than the command's own process never run at once on 2 workers, and a worker gives the memory
   of such a call back to the system when it ends (``malloc_trim``). So ``--workers 2`` is meant
   to hold at most about 1.5 times what one process running the grid alone holds (measured in
-  docs/scaling.md: 1.15-1.24x on the report's grid at R = 10^4, 1.35-1.8x where every task is
+  docs/scaling.md: 1.15-1.24x on the report's grid at R = 10^4, 1.39-1.50x where every task is
   a chunk of one large cell and both workers must run such chunks at once).
 
 What a forked worker can safely do is what the engine's cells do: torch at **one** intra-op
